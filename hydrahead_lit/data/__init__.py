@@ -1,0 +1,1 @@
+"""Corpus preparation, streaming data and synthetic retrieval samples."""

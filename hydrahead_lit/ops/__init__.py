@@ -1,0 +1,1 @@
+"""Reference math (pure PyTorch) and backend dispatch for the attention ops."""

@@ -1,0 +1,1 @@
+"""Triton implementations of the project's ops, each checked against a reference in hydrahead_lit.ops."""
