@@ -1,0 +1,45 @@
+"""Depthwise causal short convolution over time, with a carried state for decoding."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["causal_short_conv"]
+
+
+def causal_short_conv(
+    x: Tensor,
+    weight: Tensor,
+    conv_state: Tensor | None = None,
+    output_final_state: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Depthwise causal conv over time: x ``[B, T, C]``, weight ``[C, W]``; no activation (caller decides).
+
+    ``conv_state`` ``[B, C, W-1]`` holds the last ``W - 1`` inputs of the previous call (decoding).
+
+    ``y[:, t, c] = sum_i weight[c, i] * x[:, t - (W - 1) + i, c]``, where inputs before the start
+    come from ``conv_state`` (zeros when it is None). The returned state holds the last ``W - 1``
+    inputs, oldest first, in ``x``'s dtype, so feeding it to the next call continues the sequence.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"x must be [B, T, C]; got {tuple(x.shape)}")
+    B, T, C = x.shape
+    if weight.dim() != 2 or weight.shape[0] != C or weight.shape[1] < 1:
+        raise ValueError(f"weight must be [C, W] = [{C}, W>=1] to match x; got {tuple(weight.shape)}")
+    W = weight.shape[1]
+    if conv_state is not None and conv_state.shape != (B, C, W - 1):
+        raise ValueError(
+            f"conv_state must be [B, C, W-1] = [{B}, {C}, {W - 1}]; got {tuple(conv_state.shape)}"
+        )
+
+    xt = x.transpose(1, 2)  # [B, C, T]: the layout conv1d wants
+    if conv_state is None:
+        padded = F.pad(xt, (W - 1, 0))
+    else:
+        padded = torch.cat([conv_state.to(x.dtype), xt], dim=-1)
+    y = F.conv1d(padded, weight.to(x.dtype).unsqueeze(1), groups=C)  # [B, C, T]
+    # The last W-1 inputs (fewer than W-1 new ones keep part of the old state).
+    final = padded[:, :, padded.shape[-1] - (W - 1) :] if output_final_state else None
+    return y.transpose(1, 2), final
