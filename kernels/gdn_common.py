@@ -1,0 +1,95 @@
+"""Triton helpers shared by the chunked Gated DeltaNet kernels.
+
+Notation used by every kernel (one chunk of ``BT`` steps, one head): ``G`` is the in-chunk
+cumulative log decay (``G_i = g_1 + ... + g_i``), ``A`` the strictly lower matrix
+``A_ij = beta_i exp(G_i - G_j) k_i.k_j`` and ``T = (I + A)^-1``; see ``kernels/gated_delta_rule.py``.
+Rows past the sequence end load as zeros (``g = 0, beta = 0``), which leaves the state unchanged.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def load_rows(ptr, row0, T, stride_t, BT: tl.constexpr, D: tl.constexpr):
+    """Load rows ``row0 .. row0+BT`` of a ``[T, D]`` view (row stride ``stride_t``) as float32."""
+    rows = row0 + tl.arange(0, BT)
+    cols = tl.arange(0, D)
+    x = tl.load(ptr + rows[:, None] * stride_t + cols[None, :], mask=(rows < T)[:, None], other=0.0)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def store_rows(ptr, x, row0, T, stride_t, BT: tl.constexpr, D: tl.constexpr):
+    """Store a ``[BT, D]`` tile into rows ``row0 ..`` of a ``[T, D]`` view, dropping rows >= T."""
+    rows = row0 + tl.arange(0, BT)
+    cols = tl.arange(0, D)
+    tl.store(
+        ptr + rows[:, None] * stride_t + cols[None, :],
+        x.to(ptr.dtype.element_ty),
+        mask=(rows < T)[:, None],
+    )
+
+
+@triton.jit
+def load_vec(ptr, row0, T, stride_t, BT: tl.constexpr):
+    """Load ``BT`` scalars (one per step) as float32; rows >= T read 0."""
+    rows = row0 + tl.arange(0, BT)
+    return tl.load(ptr + rows * stride_t, mask=rows < T, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_vec(ptr, x, row0, T, stride_t, BT: tl.constexpr):
+    rows = row0 + tl.arange(0, BT)
+    tl.store(ptr + rows * stride_t, x.to(ptr.dtype.element_ty), mask=rows < T)
+
+
+@triton.jit
+def chunk_cumsum(g, BT: tl.constexpr):
+    """Inclusive prefix sum over the chunk, as a masked reduction (exact, interpreter-friendly)."""
+    i = tl.arange(0, BT)
+    keep = i[None, :] <= i[:, None]
+    return tl.sum(tl.where(keep, g[None, :], 0.0), axis=1)
+
+
+@triton.jit
+def chunk_revcumsum(x, BT: tl.constexpr):
+    """Suffix sum over the chunk: ``y_j = sum_{i >= j} x_i`` (the adjoint of :func:`chunk_cumsum`)."""
+    i = tl.arange(0, BT)
+    keep = i[:, None] >= i[None, :]
+    return tl.sum(tl.where(keep, x[:, None], 0.0), axis=0)
+
+
+@triton.jit
+def decay_matrix(G, STRICT: tl.constexpr, BT: tl.constexpr):
+    """``exp(G_i - G_j)`` on the lower triangle (strict or with diagonal), 0 above it.
+
+    The exponent is masked before ``exp``: above the diagonal it is positive and could overflow.
+    """
+    i = tl.arange(0, BT)
+    if STRICT:
+        keep = i[:, None] > i[None, :]
+    else:
+        keep = i[:, None] >= i[None, :]
+    return tl.where(keep, tl.exp(tl.where(keep, G[:, None] - G[None, :], 0.0)), 0.0)
+
+
+@triton.jit
+def wy_matrices(k, beta, G, BT: tl.constexpr, LOG2_BT: tl.constexpr):
+    """Return ``(A, T)`` of the chunk: ``A`` strictly lower, ``T = (I + A)^-1``.
+
+    ``A`` is nilpotent (``A^BT = 0``), so ``(I + A)^-1 = sum_{n < BT} (-A)^n
+    = (I - A)(I + A^2)(I + A^4)...(I + A^(BT/2))``: ``2 log2(BT) - 2`` matrix products on the tensor
+    cores instead of ``BT`` sequential substitution steps. ``tf32x3`` keeps float32 accuracy there.
+    """
+    i = tl.arange(0, BT)
+    A = beta[:, None] * tl.dot(k, tl.trans(k)) * decay_matrix(G, True, BT)
+    eye = tl.where(i[:, None] == i[None, :], 1.0, 0.0)
+    P = eye - A
+    Apow = A
+    for _ in tl.static_range(LOG2_BT - 1):
+        Apow = tl.dot(Apow, Apow, input_precision="tf32x3")
+        P = P + tl.dot(P, Apow, input_precision="tf32x3")
+    return A, P

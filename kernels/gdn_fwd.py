@@ -1,0 +1,110 @@
+"""Forward kernels of the chunked Gated DeltaNet (three launches).
+
+1. :func:`gdn_fwd_prep_kernel`, one program per (chunk, head), all chunks in parallel: the chunk's
+   cumulative decay ``G``, ``T = (I + A)^-1`` and the two WY factors ``W = T diag(beta e^G) K`` and
+   ``U0 = T diag(beta) V``.
+2. :func:`gdn_fwd_state_kernel`, one program per (head, block of V columns), a loop over chunks:
+   the written values ``U = U0 - W S0`` and the chunk-start states ``S0``.
+3. :func:`gdn_fwd_out_kernel`, one program per (chunk, head): ``O = scale (diag(e^G) Q S0 + (M * QK^T) U)``
+   with an optional fused per-head RMS normalization and weight (the hybrid layer's fusion).
+
+Inputs are strided ``[B, T, H, D]`` views (last dim contiguous), so slices of a larger head
+dimension need no copy; scratch buffers are contiguous ``[B, H, T, D]``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from kernels.gdn_common import chunk_cumsum, decay_matrix, load_rows, load_vec, store_rows, store_vec, wy_matrices
+
+
+@triton.jit
+def load_chunk_decay(Gc, row0, T, BT: tl.constexpr):
+    """Load ``G`` of one chunk; rows past the end repeat the last valid value (their ``g`` is 0)."""
+    rows = row0 + tl.arange(0, BT)
+    last = tl.load(Gc + tl.minimum(row0 + BT, T) - 1)
+    G = tl.load(Gc + rows, mask=rows < T, other=0.0)
+    return tl.where(rows < T, G, last), last
+
+
+@triton.jit
+def gdn_fwd_prep_kernel(
+    k, v, g, beta, Gc, W, U, T, H,
+    skb, skt, skh, svb, svt, svh, sgb, sgt, sgh, sbb, sbt, sbh,
+    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, LOG2_BT: tl.constexpr,
+):  # fmt: skip
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    b, h = i_bh // H, i_bh % H
+    row0 = i_t * BT
+    kk = load_rows(k + b * skb + h * skh, row0, T, skt, BT, K)
+    vv = load_rows(v + b * svb + h * svh, row0, T, svt, BT, V)
+    gg = load_vec(g + b * sgb + h * sgh, row0, T, sgt, BT)
+    bb = load_vec(beta + b * sbb + h * sbh, row0, T, sbt, BT)
+    G = chunk_cumsum(gg, BT)
+    store_vec(Gc + i_bh * T, G, row0, T, 1, BT)
+    _, Tm = wy_matrices(kk, bb, G, BT, LOG2_BT)
+    w = tl.dot(Tm, kk * (bb * tl.exp(G))[:, None])
+    u0 = tl.dot(Tm, vv * bb[:, None])
+    store_rows(W + i_bh * T * K, w, row0, T, K, BT, K)
+    store_rows(U + i_bh * T * V, u0, row0, T, V, BT, V)
+
+
+@triton.jit
+def gdn_fwd_state_kernel(
+    k, W, U, Gc, hs, h0, ht, T, NT, H,
+    skb, skt, skh,
+    K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+):  # fmt: skip
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    b, h = i_bh // H, i_bh % H
+    ck = tl.arange(0, K)
+    cv = i_v * BV + tl.arange(0, BV)
+    state_off = ck[:, None] * V + cv[None, :]
+    if HAS_H0:
+        state = tl.load(h0 + i_bh * K * V + state_off).to(tl.float32)
+    else:
+        state = tl.zeros([K, BV], dtype=tl.float32)
+    k_base = k + b * skb + h * skh
+    u_base = U + i_bh * T * V + i_v * BV
+    for c in range(NT):
+        row0 = c * BT
+        tl.store(hs + (i_bh * NT + c) * K * V + state_off, state.to(hs.dtype.element_ty))
+        w = load_rows(W + i_bh * T * K, row0, T, K, BT, K)
+        u = load_rows(u_base, row0, T, V, BT, BV) - tl.dot(w, state)
+        store_rows(u_base, u, row0, T, V, BT, BV)
+        G, last = load_chunk_decay(Gc + i_bh * T, row0, T, BT)
+        kk = load_rows(k_base, row0, T, skt, BT, K) * tl.exp(last - G)[:, None]
+        state = state * tl.exp(last) + tl.dot(tl.trans(kk), u)
+    if STORE_HT:
+        tl.store(ht + i_bh * K * V + state_off, state)
+
+
+@triton.jit
+def gdn_fwd_out_kernel(
+    q, k, U, Gc, hs, o, o_raw, rstd, weight, T, NT, H, scale, eps,
+    sqb, sqt, sqh, skb, skt, skh, sob, sot, soh,
+    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, FUSE_NORM: tl.constexpr,
+):  # fmt: skip
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    b, h = i_bh // H, i_bh % H
+    row0 = i_t * BT
+    qq = load_rows(q + b * sqb + h * sqh, row0, T, sqt, BT, K)
+    kk = load_rows(k + b * skb + h * skh, row0, T, skt, BT, K)
+    u = load_rows(U + i_bh * T * V, row0, T, V, BT, V)
+    G, _ = load_chunk_decay(Gc + i_bh * T, row0, T, BT)
+    ck, cv = tl.arange(0, K), tl.arange(0, V)
+    s0 = tl.load(hs + (i_bh * NT + i_t) * K * V + ck[:, None] * V + cv[None, :]).to(tl.float32)
+    scores = tl.dot(qq, tl.trans(kk)) * decay_matrix(G, False, BT)
+    out = scale * (tl.dot(qq * tl.exp(G)[:, None], s0) + tl.dot(scores, u))
+    if FUSE_NORM:
+        # The fusion of a hybrid layer: y = weight * o / rms(o), per step and head. The raw output
+        # and 1/rms are kept for the backward.
+        store_rows(o_raw + i_bh * T * V, out, row0, T, V, BT, V)
+        r = 1.0 / tl.sqrt(tl.sum(out * out, axis=1) / V + eps)
+        store_vec(rstd + i_bh * T, r, row0, T, 1, BT)
+        wt = tl.load(weight + h * V + cv).to(tl.float32)
+        out = out * r[:, None] * wt[None, :]
+    store_rows(o + b * sob + h * soh, out, row0, T, sot, BT, V)
