@@ -51,7 +51,9 @@ def check_gdn_inputs(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor) -
             f"k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
     if g.shape != q.shape[:3] or beta.shape != q.shape[:3]:
-        raise ValueError(f"g and beta must be [B, T, H] = {tuple(q.shape[:3])}; got {tuple(g.shape)}, {tuple(beta.shape)}")
+        raise ValueError(
+            f"g and beta must be [B, T, H] = {tuple(q.shape[:3])}; got {tuple(g.shape)}, {tuple(beta.shape)}"
+        )
     for name, d in (("K", q.shape[-1]), ("V", v.shape[-1])):
         if d < 16 or d & (d - 1):
             raise ValueError(f"head dim {name} must be a power of two >= 16 for the Triton kernels; got {d}")
@@ -210,6 +212,8 @@ def chunk_gated_delta_rule_triton(
         raise ValueError(f"chunk_size must be a power of two >= 16; got {chunk_size}")
     B, _, H, K = q.shape
     if initial_state is not None and initial_state.shape != (B, H, K, v.shape[-1]):
-        raise ValueError(f"initial_state must be [B, H, K, V] = {(B, H, K, v.shape[-1])}; got {tuple(initial_state.shape)}")
+        raise ValueError(
+            f"initial_state must be [B, H, K, V] = {(B, H, K, v.shape[-1])}; got {tuple(initial_state.shape)}"
+        )
     scale = K**-0.5 if scale is None else scale
     return _ChunkGatedDeltaRule.apply(q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size)

@@ -20,7 +20,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.gdn_common import chunk_revcumsum, decay_matrix, load_rows, load_vec, store_rows, store_vec, wy_matrices
+from kernels.gdn_common import (
+    chunk_revcumsum,
+    decay_matrix,
+    load_rows,
+    load_vec,
+    store_rows,
+    store_vec,
+    wy_matrices,
+)
 from kernels.gdn_fwd import load_chunk_decay
 
 
