@@ -1,0 +1,54 @@
+"""Which `transformers` decoders can be converted, and a clear error for the others."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+# Decoders whose attention is q/k/v/o projections + RoPE (+ optional per-head q/k RMSNorm), with the
+# rotary embedding computed once in the model and handed to each layer as `position_embeddings`.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+_REQUIRED_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of a causal LM (`model.model.layers` in the supported families)."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(
+            f"{type(model).__name__} has no `model.layers` list of decoder blocks; "
+            f"HydraHead converts causal LMs of the families {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    return layers
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise a ValueError naming what is missing if `model` cannot be converted."""
+    config: Any = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"model_type {model_type!r} ({type(model).__name__}) is not supported: HydraHead converts decoders "
+            f"with q/k/v/o attention and rotary embeddings of the families {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    layers = decoder_layers(model)
+    for i, layer in enumerate(layers):
+        attn = getattr(layer, "self_attn", None)
+        if attn is None:
+            raise ValueError(f"{type(model).__name__}: decoder layer {i} has no `self_attn` module")
+        missing = [name for name in _REQUIRED_ATTN if not isinstance(getattr(attn, name, None), nn.Linear)]
+        if missing:
+            raise ValueError(
+                f"{type(model).__name__}: layer {i} attention ({type(attn).__name__}) has no {', '.join(missing)} "
+                "linear projection(s); HydraHead needs separate q_proj, k_proj, v_proj and o_proj"
+            )
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    if rotary is None:
+        raise ValueError(f"{type(model).__name__} has no `model.rotary_emb`: rotary position embeddings are required")
+
+
+def teacher_attention_kind(config: Any) -> str:
+    """The attention implementation the FA heads run with (the teacher's, so all-FA students match it)."""
+    return getattr(config, "_attn_implementation", None) or "sdpa"

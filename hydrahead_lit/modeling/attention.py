@@ -1,0 +1,161 @@
+"""The HydraHead attention layer: FA heads first, Gated DeltaNet heads after, one shared o_proj.
+
+Heads were permuted at conversion, so FA heads are a contiguous slice of the output and LA heads the
+rest. The FA heads run the teacher's own attention function (SDPA, eager or flash-attn, whatever the
+teacher's config names), so an all-FA student computes exactly the teacher's function.
+
+*Twin mode* (stage 1): every head keeps the teacher's FA path, which alone produces the layer output (the
+next layer sees the teacher's activations), and every head also has an LA twin computed from the same,
+detached, layer input. `last_alignment` then holds both per-head outputs for the alignment loss.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hydrahead_lit.modeling.fusion import ScaleNormFusion
+from hydrahead_lit.modeling.linear_heads import GatedDeltaNetHeads, HeadRMSNorm, LAConfig, apply_rope
+
+
+def _attention_function(config: Any) -> Callable:
+    """The teacher family's attention function for `config._attn_implementation`."""
+    impl = getattr(config, "_attn_implementation", None) or "sdpa"
+    if impl == "eager":
+        module = importlib.import_module(f"transformers.models.{config.model_type}.modeling_{config.model_type}")
+        return module.eager_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ALL_ATTENTION_FUNCTIONS[impl]
+
+
+class HybridAttention(nn.Module):
+    """Drop-in replacement for a teacher attention module (same call signature, same return)."""
+
+    def __init__(
+        self,
+        config: Any,
+        layer_idx: int,
+        num_fa_heads: int,
+        num_la_heads: int,
+        la_cfg: LAConfig,
+        twins: bool = False,
+        arch: dict | None = None,
+    ) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        n_heads = config.num_attention_heads
+        n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = getattr(config, "head_dim", None) or hidden // n_heads
+        self.num_key_value_groups = n_heads // n_kv  # query heads per KV group, read by HF attention functions
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = getattr(config, "attention_dropout", 0.0)
+        self.is_causal = True
+        layer_types = getattr(config, "layer_types", None)
+        sliding = layer_types is not None and layer_types[layer_idx] == "sliding_attention"
+        self.sliding_window = getattr(config, "sliding_window", None) if sliding else None
+        self.twins = twins
+        self.num_fa_heads, self.num_la_heads = num_fa_heads, num_la_heads
+        if twins and num_la_heads != num_fa_heads:
+            raise ValueError("twin mode gives every FA head an LA twin: num_la_heads must equal num_fa_heads")
+        if not twins and num_fa_heads + num_la_heads != n_heads:
+            raise ValueError(f"layer {layer_idx}: {num_fa_heads} FA + {num_la_heads} LA heads != {n_heads} heads")
+        if num_fa_heads % self.num_key_value_groups:
+            raise ValueError("FA heads must be whole KV groups")
+        arch = arch or {}
+        bias = bool(arch.get("qkv_bias", getattr(config, "attention_bias", False)))
+        o_bias = bool(arch.get("o_bias", getattr(config, "attention_bias", False)))
+        has_qk_norm = bool(arch.get("qk_norm", config.model_type == "qwen3"))
+        eps = getattr(config, "rms_norm_eps", 1e-6)
+        D = self.head_dim
+        n_fa_kv = num_fa_heads // self.num_key_value_groups
+        self.num_fa_kv = n_fa_kv
+        self.q_proj = nn.Linear(hidden, num_fa_heads * D, bias=bias) if num_fa_heads else None
+        self.k_proj = nn.Linear(hidden, n_fa_kv * D, bias=bias) if num_fa_heads else None
+        self.v_proj = nn.Linear(hidden, n_fa_kv * D, bias=bias) if num_fa_heads else None
+        self.q_norm = self.k_norm = None
+        if has_qk_norm and num_fa_heads:
+            self.q_norm, self.k_norm = HeadRMSNorm(D, eps), HeadRMSNorm(D, eps)
+        self.la = (
+            GatedDeltaNetHeads(hidden, num_la_heads, D, la_cfg, bias=bias, qk_norm_eps=eps if has_qk_norm else None)
+            if num_la_heads
+            else None
+        )
+        self.fusion = ScaleNormFusion(0 if twins else num_fa_heads, num_la_heads, D)
+        self.o_proj = nn.Linear(n_heads * D, hidden, bias=o_bias)
+        self._attn_fn = _attention_function(config)
+        self.last_alignment: tuple[Tensor, Tensor] | None = None
+
+    def _fa_forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, attention_mask: Tensor | None, cache_layer: Any, **kwargs: Any
+    ) -> Tensor:
+        B, T, _ = x.shape
+        D = self.head_dim
+        q = self.q_proj(x).view(B, T, -1, D)
+        k = self.k_proj(x).view(B, T, -1, D)
+        v = self.v_proj(x).view(B, T, -1, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if cache_layer is not None:
+            k, v = cache_layer.update(k, v)
+        kwargs.pop("output_attentions", None)
+        out, _ = self._attn_fn(
+            self,
+            q,
+            k,
+            v,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            sliding_window=self.sliding_window,
+            **kwargs,
+        )
+        return out  # [B, T, Hfa, D]
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        position_embeddings: tuple[Tensor, Tensor] | None = None,
+        attention_mask: Tensor | None = None,
+        past_key_values: Any = None,
+        cache: Any = None,
+        **kwargs: Any,
+    ) -> tuple[Tensor, None]:
+        cache = cache if cache is not None else past_key_values  # transformers renamed the argument in 5.x
+        kwargs.pop("position_ids", None)
+        kwargs.pop("use_cache", None)
+        kwargs.pop("cache_position", None)
+        B, T, _ = hidden_states.shape
+        cos, sin = position_embeddings
+        cache_layer = cache.layers[self.layer_idx] if cache is not None else None
+        if cache_layer is not None and not hasattr(cache_layer, "la_state"):
+            raise TypeError(
+                f"a HydraHead student needs a HybridCache, got {type(cache).__name__}: use model.new_cache()"
+            )
+        if self.twins:
+            if cache_layer is not None:
+                raise ValueError("twin (stage-1) attention does not decode with a cache")
+            fa = self._fa_forward(hidden_states, cos, sin, attention_mask, None, **kwargs)
+            la = self.fusion.la(self.la(hidden_states.detach(), cos, sin))
+            self.last_alignment = (fa.detach(), la)
+            return self.o_proj(fa.reshape(B, T, -1)), None
+        parts = []
+        if self.num_fa_heads:
+            parts.append(
+                self.fusion.fa(self._fa_forward(hidden_states, cos, sin, attention_mask, cache_layer, **kwargs))
+            )
+        elif cache_layer is not None:
+            cache_layer.advance(T)
+        if self.num_la_heads:
+            state = cache_layer.la_state if cache_layer is not None else None
+            parts.append(self.fusion.la(self.la(hidden_states, cos, sin, state)))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        return self.o_proj(out.reshape(B, T, -1)), None
