@@ -149,11 +149,9 @@ class HeadPlan:
 
     def check_compatible(self, config: Any) -> None:
         shape = attention_shape(config)
-        if shape != (self.num_layers, self.num_kv_groups, self.group_size):
-            raise ValueError(
-                f"plan is for (layers, kv groups, group size) = {(self.num_layers, self.num_kv_groups, self.group_size)}"
-                f" but the model has {shape}"
-            )
+        mine = (self.num_layers, self.num_kv_groups, self.group_size)
+        if shape != mine:
+            raise ValueError(f"plan is for (layers, kv groups, group size) = {mine} but the model has {shape}")
 
     # ----- serialisation ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
