@@ -91,6 +91,19 @@ class HybridAttention(nn.Module):
         self.o_proj = nn.Linear(n_heads * D, hidden, bias=o_bias)
         self._attn_fn = _attention_function(config)
         self.last_alignment: tuple[Tensor, Tensor] | None = None
+        # Probes for head selection (set by the caller, cleared by the caller):
+        self.probe_rows: Tensor | None = None  # query positions whose FA attention rows to record
+        self.probe_attn: Tensor | None = None  # -> [B, Hfa, len(probe_rows), T] softmax probabilities
+        self.patch_heads: list[int] | None = None  # twin mode: heads whose FA output is replaced by their twin
+
+    def _record_probe(self, q: Tensor, k: Tensor) -> None:
+        """Softmax attention rows of the FA heads at `probe_rows` (explicit math: SDPA hides weights)."""
+        rows = self.probe_rows.to(q.device)
+        k = k.repeat_interleave(self.num_key_value_groups, dim=1)
+        scores = torch.einsum("bhrd,bhtd->bhrt", q[:, :, rows].float(), k.float()) * self.scaling
+        offset = k.shape[2] - q.shape[2]
+        causal = torch.arange(k.shape[2], device=q.device)[None, :] > (rows[:, None] + offset)
+        self.probe_attn = scores.masked_fill(causal, float("-inf")).softmax(-1)
 
     def _fa_forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, attention_mask: Tensor | None, cache_layer: Any, **kwargs: Any
@@ -106,6 +119,8 @@ class HybridAttention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache_layer is not None:
             k, v = cache_layer.update(k, v)
+        if self.probe_rows is not None:
+            self._record_probe(q, k)
         kwargs.pop("output_attentions", None)
         out, _ = self._attn_fn(
             self,
@@ -146,6 +161,9 @@ class HybridAttention(nn.Module):
             fa = self._fa_forward(hidden_states, cos, sin, attention_mask, None, **kwargs)
             la = self.fusion.la(self.la(hidden_states.detach(), cos, sin))
             self.last_alignment = (fa.detach(), la)
+            if self.patch_heads:  # activation patching: these heads' FA outputs become their LA twins'
+                fa = fa.clone()
+                fa[:, :, self.patch_heads] = la[:, :, self.patch_heads].to(fa.dtype)
             return self.o_proj(fa.reshape(B, T, -1)), None
         parts = []
         if self.num_fa_heads:
