@@ -217,3 +217,31 @@ def chunk_gated_delta_rule_triton(
         )
     scale = K**-0.5 if scale is None else scale
     return _ChunkGatedDeltaRule.apply(q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size)
+
+
+def _la_backend_fn(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False):
+    """The ``"triton"`` LA backend: :func:`chunk_gated_delta_rule_triton` with GQA by expansion."""
+    if q.shape[2] % k.shape[2] != 0:
+        raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of KV heads ({k.shape[2]})")
+    group = q.shape[2] // k.shape[2]
+    if group > 1:
+        # The state depends on k, v, g, beta only, so every copy of a KV head carries the same
+        # state; autograd sums the copies' gradients.
+        k, v, g, beta = (x.repeat_interleave(group, dim=2) for x in (k, v, g, beta))
+        if initial_state is not None:
+            initial_state = initial_state.repeat_interleave(group, dim=1)
+    o, state = chunk_gated_delta_rule_triton(
+        q, k.contiguous() if k.stride(-1) != 1 else k, v, g, beta, scale, initial_state, output_final_state
+    )
+    if state is not None and group > 1:
+        state = state[:, ::group]
+    return o, state
+
+
+def _register() -> None:
+    from hydrahead_lit.ops.la_backend import register_la_backend
+
+    register_la_backend("triton", _la_backend_fn, lambda device, needs_grad: torch.device(device).type == "cuda")
+
+
+_register()

@@ -65,9 +65,7 @@ def gdn_bwd_state_kernel(
         du = scale * tl.dot(tl.trans(scores), dout) + tl.dot(kk * tl.exp(last - G)[:, None], dstate)
         store_rows(du_base, du, row0, T, V, BT, BV)
         dstate = (
-            dstate * tl.exp(last)
-            + scale * tl.dot(tl.trans(qq * tl.exp(G)[:, None]), dout)
-            - tl.dot(tl.trans(w), du)
+            dstate * tl.exp(last) + scale * tl.dot(tl.trans(qq * tl.exp(G)[:, None]), dout) - tl.dot(tl.trans(w), du)
         )
     if STORE_DH0:
         tl.store(dh0 + i_bh * K * V + state_off, dstate)

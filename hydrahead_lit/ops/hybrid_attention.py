@@ -1,0 +1,150 @@
+"""The attention of one HydraHead layer: full-attention (FA) heads and Gated DeltaNet (LA) heads.
+
+Heads are permuted at conversion so that the FA heads come first; the output ``[B, T, Hfa + Hla, D]``
+goes straight to ``o_proj``. Per head, the fusion brings both kinds onto the teacher's scale::
+
+    y_fa = fa_gain[h] * softmax_causal(q k^T * fa_scale) v            (GQA: Hfa % Hfa_kv == 0)
+    y_la = la_weight[h] * o / sqrt(mean_d(o^2) + eps),  o = gated delta rule(q, k, v, g, beta)
+
+:func:`hybrid_attention_ref` is the pure-PyTorch definition (any device); :func:`hybrid_attention`
+dispatches to the project's fused Triton op (``kernels/hybrid_attention.py``) on CUDA.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hydrahead_lit.ops.gated_delta_rule import chunk_gated_delta_rule_ref
+
+__all__ = ["hybrid_attention", "hybrid_attention_ref", "register_triton_backends", "triton_available"]
+
+logger = logging.getLogger("hydrahead_lit")
+
+
+def check_hybrid_inputs(
+    q_fa: Tensor, k_fa: Tensor, v_fa: Tensor, q_la: Tensor, k_la: Tensor, v_la: Tensor,
+    g: Tensor, beta: Tensor, fa_gain: Tensor, la_weight: Tensor,
+) -> None:  # fmt: skip
+    """Raise a ValueError saying which argument has the wrong shape."""
+    if q_fa.dim() != 4 or q_la.dim() != 4:
+        raise ValueError(f"q_fa and q_la must be [B, T, H, D]; got {tuple(q_fa.shape)}, {tuple(q_la.shape)}")
+    B, T, Hfa, D = q_fa.shape
+    Hla = q_la.shape[2]
+    if q_la.shape != (B, T, Hla, D):
+        raise ValueError(f"q_la must be [B, T, Hla, D] with q_fa's B, T, D = {B, T, D}; got {tuple(q_la.shape)}")
+    Hkv = k_fa.shape[2] if k_fa.dim() == 4 else -1
+    if k_fa.shape != (B, T, Hkv, D) or v_fa.shape != k_fa.shape:
+        raise ValueError(
+            f"k_fa and v_fa must be [B, T, Hfa_kv, D] = [{B}, {T}, Hfa_kv, {D}]; got {tuple(k_fa.shape)}, "
+            f"{tuple(v_fa.shape)}"
+        )
+    if (Hkv == 0) != (Hfa == 0) or (Hkv > 0 and Hfa % Hkv != 0):
+        raise ValueError(f"FA query heads ({Hfa}) must be a multiple of FA KV heads ({Hkv}) (GQA)")
+    for name, x in (("k_la", k_la), ("v_la", v_la)):
+        if x.shape != q_la.shape:
+            raise ValueError(f"{name} must be [B, T, Hla, D] = {tuple(q_la.shape)}; got {tuple(x.shape)}")
+    for name, x in (("g", g), ("beta", beta)):
+        if x.shape != (B, T, Hla):
+            raise ValueError(f"{name} must be [B, T, Hla] = {(B, T, Hla)}; got {tuple(x.shape)}")
+    if fa_gain.shape != (Hfa,):
+        raise ValueError(f"fa_gain must be [Hfa] = [{Hfa}]; got {tuple(fa_gain.shape)}")
+    if la_weight.shape != (Hla, D):
+        raise ValueError(f"la_weight must be [Hla, D] = [{Hla}, {D}]; got {tuple(la_weight.shape)}")
+    if Hfa + Hla == 0:
+        raise ValueError("the layer has no heads (Hfa = Hla = 0)")
+
+
+def hybrid_attention_ref(
+    q_fa: Tensor,
+    k_fa: Tensor,
+    v_fa: Tensor,
+    q_la: Tensor,
+    k_la: Tensor,
+    v_la: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    fa_gain: Tensor,
+    la_weight: Tensor,
+    eps: float = 1e-6,
+    fa_scale: float | None = None,
+    la_scale: float | None = None,
+) -> Tensor:
+    """The layer's attention in PyTorch (SDPA + the chunked gated delta rule reference).
+
+    Shapes as in the module docstring; ``q_la``/``k_la`` arrive L2-normalized and rotated. Returns
+    ``[B, T, Hfa + Hla, D]`` in ``q``'s dtype (the normalization runs in float32).
+    """
+    check_hybrid_inputs(q_fa, k_fa, v_fa, q_la, k_la, v_la, g, beta, fa_gain, la_weight)
+    Hfa, Hkv, Hla = q_fa.shape[2], k_fa.shape[2], q_la.shape[2]
+    dtype = q_fa.dtype if Hfa else q_la.dtype
+    parts = []
+    if Hfa:
+        attn = F.scaled_dot_product_attention(
+            q_fa.transpose(1, 2), k_fa.transpose(1, 2), v_fa.transpose(1, 2),
+            is_causal=True, scale=fa_scale, enable_gqa=Hkv != Hfa,
+        ).transpose(1, 2)  # fmt: skip
+        parts.append((attn.float() * fa_gain.float()[:, None]).to(dtype))
+    if Hla:
+        o, _ = chunk_gated_delta_rule_ref(q_la, k_la, v_la, g, beta, scale=la_scale)
+        o = o.float()
+        y = la_weight.float() * o * torch.rsqrt(o.square().mean(-1, keepdim=True) + eps)
+        parts.append(y.to(dtype))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
+@functools.cache
+def triton_available() -> bool:
+    """True when CUDA and the project's Triton kernels import (the kernels also register the
+    ``"triton"`` LA backend as a side effect)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import kernels.hybrid_attention  # noqa: F401
+    except Exception as err:  # ImportError, or Triton failing to load its driver
+        logger.warning("Triton hybrid attention unavailable (%s: %s)", type(err).__name__, err)
+        return False
+    return True
+
+
+def register_triton_backends() -> bool:
+    """Import the Triton kernels where they can run, which registers the ``"triton"`` LA backend.
+    Returns whether they are available. Safe to call any number of times."""
+    return triton_available()
+
+
+def hybrid_attention(
+    q_fa: Tensor,
+    k_fa: Tensor,
+    v_fa: Tensor,
+    q_la: Tensor,
+    k_la: Tensor,
+    v_la: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    fa_gain: Tensor,
+    la_weight: Tensor,
+    eps: float = 1e-6,
+    fa_scale: float | None = None,
+    la_scale: float | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """The layer's attention on the chosen backend: ``"auto"`` (Triton on CUDA when available, else
+    the reference), ``"triton"`` or ``"torch"``. Arguments as in :func:`hybrid_attention_ref`."""
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"unknown hybrid attention backend '{backend}'; use 'auto', 'triton' or 'torch'")
+    args = (q_fa, k_fa, v_fa, q_la, k_la, v_la, g, beta, fa_gain, la_weight)
+    use_triton = backend == "triton" or (backend == "auto" and q_fa.is_cuda and triton_available())
+    if not use_triton:
+        return hybrid_attention_ref(*args, eps=eps, fa_scale=fa_scale, la_scale=la_scale)
+    from kernels.hybrid_attention import hybrid_attention_triton
+
+    return hybrid_attention_triton(*args, eps=eps, fa_scale=fa_scale, la_scale=la_scale)
+
+
+if torch.cuda.is_available():  # make the "triton" LA backend known to the dispatcher on GPU machines
+    register_triton_backends()
