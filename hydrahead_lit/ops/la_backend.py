@@ -1,8 +1,9 @@
 """Backend dispatch for the gated delta rule: fla kernels, the project's Triton op, or PyTorch.
 
 ``auto`` picks, on CUDA, fla's chunk kernels when they are correct for the installed Triton, else a
-registered ``"triton"`` backend, else the pure-PyTorch chunked reference; on CPU always PyTorch.
-fla (and Triton) are imported only when a CUDA dispatch first needs them.
+registered ``"triton"`` backend (the project's op in ``kernels/gated_delta_rule.py`` registers itself
+when imported; a CUDA dispatch imports it if needed), else the pure-PyTorch chunked reference; on
+CPU always PyTorch. fla and Triton are imported only when a CUDA dispatch first needs them.
 
 fla 0.6.0 refuses the backward of its gated chunk kernels on Hopper with 3.4.0 <= Triton < 3.7.1,
 because that compiler range miscompiles them (fla-org/flash-linear-attention#640). Training on such
@@ -12,6 +13,7 @@ a machine must therefore avoid fla's backward; :func:`fla_gated_backward_is_safe
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.metadata
 import logging
 from collections.abc import Callable
@@ -98,6 +100,16 @@ def _fla_import_error() -> str | None:
     return None
 
 
+@functools.cache
+def _project_triton_import_error() -> str | None:
+    """Import the project's Triton op, which registers the ``"triton"`` backend; None on success."""
+    try:
+        importlib.import_module("kernels.gated_delta_rule")
+    except Exception as err:  # ImportError, or Triton failing to load its driver
+        return f"the project's Triton op does not import ({type(err).__name__}: {err})"
+    return None
+
+
 def _fla_backward_refusal(device: torch.device) -> str | None:
     if device.type != "cuda":
         return None
@@ -178,6 +190,9 @@ def _needs_grad(*tensors: Tensor | None) -> bool:
 
 
 def _unavailable_reason(name: str, device: torch.device, needs_grad: bool) -> str | None:
+    if name == "triton" and name not in _REGISTRY and device.type == "cuda":
+        if (err := _project_triton_import_error()) is not None:
+            return err
     if name not in _REGISTRY:
         return f"no '{name}' backend is registered"
     return _REGISTRY[name].unavailable_reason(device, needs_grad)
@@ -188,17 +203,15 @@ def select_la_backend(device: torch.device, needs_grad: bool, preferred: str = "
 
     ``preferred="auto"`` chooses as described in the module docstring and logs the choice (and why
     the others were skipped) once per (device type, needs_grad). An explicit name is checked and
-    returned, or raises ``RuntimeError`` saying why it cannot run; an unknown name raises
+    returned, or raises ``RuntimeError`` saying why it cannot run here; an unknown name raises
     ``ValueError``.
     """
     device = torch.device(device)
     if preferred != "auto":
-        if preferred not in _REGISTRY:
-            known = ", ".join(["auto", *sorted(_REGISTRY)])
-            hint = ""
-            if preferred == "triton":
-                hint = " (the project's Triton op registers it when its module is imported)"
-            raise ValueError(f"unknown LA backend '{preferred}'{hint}; registered: {known}")
+        if preferred not in _REGISTRY and preferred != "triton":
+            known = ", ".join(["auto", "triton", *sorted(_REGISTRY)])
+            raise ValueError(f"unknown LA backend '{preferred}'; choose one of: {known}")
+        # For "triton" this also imports the project's op on CUDA (which registers it).
         if (reason := _unavailable_reason(preferred, device, needs_grad)) is not None:
             raise RuntimeError(
                 f"LA backend '{preferred}' cannot run here: {reason}. Use backend='auto' or 'torch'."

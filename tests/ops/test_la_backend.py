@@ -26,6 +26,8 @@ def env(monkeypatch):
     monkeypatch.setattr(lb, "_device_capability", lambda device: state["capability"])
     monkeypatch.setattr(lb, "_triton_version", lambda: state["triton"])
     monkeypatch.setattr(lb, "_fla_import_error", lambda: state["fla_error"])
+    # The project's Triton op is left out unless a test registers a fake one.
+    monkeypatch.setattr(lb, "_project_triton_import_error", lambda: "left out in this test")
     return state
 
 
@@ -106,8 +108,10 @@ def test_logs_once_per_device_type_and_mode(env, caplog) -> None:
 
 
 def test_explicit_backend_errors(env) -> None:
-    with pytest.raises(ValueError, match="unknown LA backend 'triton'"):
+    with pytest.raises(RuntimeError, match="'triton' cannot run here: left out in this test"):
         lb.select_la_backend(CUDA, needs_grad=False, preferred="triton")
+    with pytest.raises(RuntimeError, match="no 'triton' backend is registered"):
+        lb.select_la_backend(torch.device("cpu"), needs_grad=False, preferred="triton")
     with pytest.raises(ValueError, match="unknown LA backend 'cuda_magic'"):
         lb.select_la_backend(CUDA, needs_grad=False, preferred="cuda_magic")
     with pytest.raises(RuntimeError, match="need a CUDA device"):
