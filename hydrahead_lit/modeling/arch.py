@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
+import torch
 from torch import nn
 
 # Decoders whose attention is q/k/v/o projections + RoPE (+ optional per-head q/k RMSNorm), with the
@@ -49,6 +51,21 @@ def check_supported(model: nn.Module) -> None:
         raise ValueError(f"{type(model).__name__} has no `model.rotary_emb`: rotary position embeddings are required")
 
 
-def teacher_attention_kind(config: Any) -> str:
-    """The attention implementation the FA heads run with (the teacher's, so all-FA students match it)."""
-    return getattr(config, "_attn_implementation", None) or "sdpa"
+def resolve_fa_implementation(model: nn.Module, requested: str = "auto") -> str:
+    """The attention implementation for FA heads: flash-attn when importable on CUDA, else the teacher's.
+
+    "auto" keeps the teacher's implementation (SDPA by default; eager when the teacher asked for it) unless
+    flash-attn is installed and the model is on a CUDA device in half precision.
+    """
+    current = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    if requested != "auto":
+        return requested
+    param = next(model.parameters())
+    if (
+        current == "sdpa"
+        and param.is_cuda
+        and param.dtype in (torch.float16, torch.bfloat16)
+        and importlib.util.find_spec("flash_attn") is not None
+    ):
+        return "flash_attention_2"
+    return current

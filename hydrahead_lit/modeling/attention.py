@@ -89,7 +89,6 @@ class HybridAttention(nn.Module):
         )
         self.fusion = ScaleNormFusion(0 if twins else num_fa_heads, num_la_heads, D)
         self.o_proj = nn.Linear(n_heads * D, hidden, bias=o_bias)
-        self._attn_fn = _attention_function(config)
         self.last_alignment: tuple[Tensor, Tensor] | None = None
         # Probes for head selection (set by the caller, cleared by the caller):
         self.probe_rows: Tensor | None = None  # query positions whose FA attention rows to record
@@ -122,7 +121,7 @@ class HybridAttention(nn.Module):
         if self.probe_rows is not None:
             self._record_probe(q, k)
         kwargs.pop("output_attentions", None)
-        out, _ = self._attn_fn(
+        out, _ = _attention_function(self.config)(  # looked up per call: set_attn_implementation may change it
             self,
             q,
             k,

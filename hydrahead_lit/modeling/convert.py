@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hydrahead_lit.modeling.arch import check_supported, decoder_layers
+from hydrahead_lit.modeling.arch import check_supported, decoder_layers, resolve_fa_implementation
 from hydrahead_lit.modeling.attention import HybridAttention
 from hydrahead_lit.modeling.linear_heads import GatedDeltaNetHeads, LAConfig
 from hydrahead_lit.modeling.plan import HeadPlan
@@ -176,11 +176,13 @@ def convert(
     calibration_ids: Tensor | None = None,
     twins: bool = False,
     inplace: bool = False,
+    fa_implementation: str = "auto",
 ) -> nn.Module:
     """Build a HydraHead student from a teacher (or from a stage-1 twin student) and a head plan.
 
     `twins=True` (plan ignored, may be None) builds the stage-1 student: every head keeps the teacher's
-    FA path and also gets an LA twin. The result is a `transformers` causal LM of the teacher's family
+    FA path and also gets an LA twin. `fa_implementation` names the FA heads' attention function ("auto":
+    flash-attn when importable on CUDA, else the teacher's own, SDPA by default). The result is a `transformers` causal LM of the teacher's family
     (a subclass of its class) that saves with `save_pretrained` and loads with `load_student`.
     """
     spec = getattr(model.config, HYDRAHEAD_CONFIG_KEY, None)
@@ -210,4 +212,7 @@ def convert(
         )
     setattr(student.config, HYDRAHEAD_CONFIG_KEY, hydrahead_spec(base_cls, plan, cfg, twins, arch))
     student.__class__ = student_class(base_cls)
+    impl = resolve_fa_implementation(student, fa_implementation)
+    if impl != getattr(student.config, "_attn_implementation", None):
+        student.set_attn_implementation(impl)
     return student
