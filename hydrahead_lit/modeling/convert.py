@@ -182,8 +182,9 @@ def convert(
 
     `twins=True` (plan ignored, may be None) builds the stage-1 student: every head keeps the teacher's
     FA path and also gets an LA twin. `fa_implementation` names the FA heads' attention function ("auto":
-    flash-attn when importable on CUDA, else the teacher's own, SDPA by default). The result is a `transformers` causal LM of the teacher's family
-    (a subclass of its class) that saves with `save_pretrained` and loads with `load_student`.
+    flash-attn when importable on CUDA, else the teacher's own, SDPA by default). The result is a
+    `transformers` causal LM of the teacher's family (a subclass of its class) that saves with
+    `save_pretrained` and loads with `load_student`.
     """
     spec = getattr(model.config, HYDRAHEAD_CONFIG_KEY, None)
     from_twins = spec is not None
