@@ -1,0 +1,85 @@
+"""`LongContextModule` (stage 3): the converted student trained on longer sequences.
+
+Loss: next-token cross entropy (chunked over tokens, so long sequences never hold full-vocabulary
+logits at once), plus optional `kd_weight * KL(teacher || student)` when a teacher is given. Synthetic
+retrieval samples are mixed in by the data module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hydrahead_lit.lit.base import StageModule
+from hydrahead_lit.lit.losses import chunked_logit_losses
+from hydrahead_lit.lit.models import load_student, load_teacher, student_spec, teacher_config
+
+
+class LongContextModule(StageModule):
+    stage = "long_context"
+
+    def __init__(
+        self,
+        init_from: str,
+        teacher: str | None = None,
+        kd_weight: float = 0.0,
+        temperature: float = 1.0,
+        chunk_size: int = 1024,
+        teacher_dtype: str = "float32",
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            init_from: the stage-2 student export (`<stage-2 run>/student`).
+            teacher: local teacher directory; needed only when kd_weight > 0.
+            kd_weight: weight of KL(teacher || student) added to the LM loss.
+            temperature: distillation temperature.
+            chunk_size: tokens per chunk of the logit losses.
+            teacher_dtype: dtype of the frozen teacher.
+            **kwargs: see `StageModule` (lr, warmup_steps, trainable, ...).
+        """
+        super().__init__(**kwargs)
+        if student_spec(init_from).get("twins"):
+            raise ValueError(f"init_from {init_from} is a stage-1 twin student; stage 3 starts from the stage-2 export")
+        if kd_weight < 0:
+            raise ValueError(f"kd_weight must be >= 0, got {kd_weight}")
+        if kd_weight > 0:
+            if teacher is None:
+                raise ValueError("kd_weight > 0 needs a teacher path")
+            teacher_config(teacher)
+        self.init_from, self.teacher_path = init_from, teacher
+
+    @property
+    def tokenizer_source(self) -> str | None:
+        return self.init_from
+
+    def _build_models(self) -> None:
+        hp = self.hparams
+        self.student = load_student(self.init_from, hp.dtype).train()
+        if hp.kd_weight > 0:
+            self.teacher = load_teacher(self.teacher_path, hp.teacher_dtype)
+
+    def _loss(self, batch: dict[str, Tensor], prefix: str) -> Tensor:
+        hp = self.hparams
+        x, y, mask = self.split_batch(batch)
+        t_hidden = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                t_out = self.teacher(input_ids=x, output_hidden_states=True, logits_to_keep=1, use_cache=False)
+            t_hidden = t_out.hidden_states[-1]
+        s_out = self.student(input_ids=x, output_hidden_states=True, logits_to_keep=1, use_cache=False)
+        ce, kl = chunked_logit_losses(
+            s_out.hidden_states[-1], self.student.lm_head, y, mask,
+            t_hidden, None if self.teacher is None else self.teacher.lm_head, hp.temperature, hp.chunk_size,
+        )  # fmt: skip
+        loss = ce + hp.kd_weight * kl
+        sync = prefix == "val"
+        self.log(f"{prefix}/loss", loss, prog_bar=prefix == "train", sync_dist=sync)
+        self.log(f"{prefix}/ce", ce, sync_dist=sync)
+        if self.teacher is not None:
+            self.log(f"{prefix}/kl", kl, sync_dist=sync)
+        if prefix == "val":
+            self.record_val_ce(ce, mask.sum())
+        return loss
