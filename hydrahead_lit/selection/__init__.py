@@ -1,6 +1,6 @@
 """Head selection: which KV groups keep full attention. Scores are pure functions of a model and probes.
 
-    from hydrahead_lit.selection import make_probes, retrieval_scores, patching_scores, select_plan
+Entry points: `make_probes`, `retrieval_scores`, `patching_scores`, `select_plan`.
 """
 
 from hydrahead_lit.selection.alignment import alignment_group_scores

@@ -27,7 +27,8 @@ def fa_budget(num_layers: int, num_kv_groups: int, ratio: float, mode: str = "gl
         try:
             per_layer = fa_groups_for_ratio(num_kv_groups, ratio)
         except ValueError as e:
-            raise ValueError(f"mode='per_layer' must meet the ratio in every layer of {num_kv_groups} KV groups: {e}") from None
+            msg = f"mode='per_layer' must meet the ratio in every layer of {num_kv_groups} KV groups: {e}"
+            raise ValueError(msg) from None
         if min_per_layer > per_layer:
             raise ValueError(
                 f"min_per_layer={min_per_layer} exceeds the {per_layer} FA group(s) per layer that ratio {ratio}:1 "

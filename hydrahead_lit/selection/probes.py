@@ -91,9 +91,7 @@ def _stack(samples: list[RetrievalSample], copied_only: bool) -> ProbeBatch:
     return ProbeBatch(input_ids, torch.tensor(rows, dtype=torch.long), row_mask, targets, sources, in_needle)
 
 
-def batch_probes(
-    samples: Sequence[RetrievalSample], batch_size: int = 8, copied_only: bool = True
-) -> list[ProbeBatch]:
+def batch_probes(samples: Sequence[RetrievalSample], batch_size: int = 8, copied_only: bool = True) -> list[ProbeBatch]:
     """Stack samples of equal length into batches of at most `batch_size` (no padding is ever needed).
 
     With `copied_only` only answer tokens copied from a needle are scored (the retrieval score needs a
