@@ -68,6 +68,10 @@ def measure_length(
     ids = torch.randint(0, model.config.vocab_size, (1, length), generator=gen).to(device)
     key = _cache_kwarg(model)
     prefill, decode, nbytes = [], [], 0
+    # One untimed pass first: kernel compilation, autotuning and allocator growth are not steady state.
+    warm = model(input_ids=ids, use_cache=True)
+    model(input_ids=warm.logits[:, -1:].argmax(-1), use_cache=True, **{key: _output_cache(warm)})
+    del warm
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(repeats):

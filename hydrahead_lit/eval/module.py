@@ -25,7 +25,7 @@ from hydrahead_lit.eval import efficiency as eff
 from hydrahead_lit.eval.datamodule import eval_jobs, jobs_loader
 from hydrahead_lit.eval.load import check_lengths, load_model, load_tokenizer, max_length, model_kind, read_config
 from hydrahead_lit.eval.perplexity import perplexity
-from hydrahead_lit.eval.report import RESULTS_NAME, TABLE_NAME, to_json, write_report
+from hydrahead_lit.eval.report import RESULTS_NAME, TABLE_NAME, save_run, to_json, write_report
 from hydrahead_lit.eval.ruler import average_by_length, check_cells_fit, check_tasks, new_token_budget, run_cell
 from hydrahead_lit.modeling.student import is_student
 
@@ -166,12 +166,13 @@ class EvalModule(pl.LightningModule):
             self.log(f"test/average/{n}", score, batch_size=1)
             self._curve("ruler/average", score, n)
         self.results = to_json(self._build_results(average))
-        paths = write_report([self.results], self.output_dir, RESULTS_NAME, TABLE_NAME)
+        saved = save_run(self.results, self.output_dir)
+        paths = write_report([self.results], self.output_dir, None, TABLE_NAME)
         for logger in self.loggers:
             writer = getattr(logger, "experiment", None)
             if hasattr(writer, "add_text"):
                 writer.add_text("eval/results", Path(paths["table"]).read_text())
-        print(f"evaluation of {self.name}: {paths['json']}, {paths['table']}, {len(paths['plots'])} plots")
+        print(f"evaluation of {self.name}: {saved}, {paths['table']}, {len(paths['plots'])} plots")
 
     def _build_results(self, average: dict[int, float]) -> dict[str, Any]:
         hp, model = self.hparams, self.model
@@ -192,9 +193,24 @@ class EvalModule(pl.LightningModule):
             "kind": self.kind,
             "checkpoint": str(hp.checkpoint),
             "model": facts,
-            "config": {"tasks": self.tasks, "lengths": self.lengths, "efficiency_lengths": self.efficiency_lengths,
-                       **{k: hp[k] for k in ("num_samples", "seed", "max_new_tokens", "batch_size", "tokenizer",
-                                             "held_out_dir", "decode_tokens", "repeats")}},  # fmt: skip
+            "config": {
+                "tasks": self.tasks,
+                "lengths": self.lengths,
+                "efficiency_lengths": self.efficiency_lengths,
+                **{
+                    k: hp[k]
+                    for k in (
+                        "num_samples",
+                        "seed",
+                        "max_new_tokens",
+                        "batch_size",
+                        "tokenizer",
+                        "held_out_dir",
+                        "decode_tokens",
+                        "repeats",
+                    )
+                },
+            },  # fmt: skip
             "ruler": self._results["ruler"],
             "average": average,
             "perplexity": self._results["perplexity"],

@@ -138,12 +138,12 @@ def plot(runs: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
            if r.get("efficiency")}  # fmt: skip
     if eff:
         paths.append(_line_plot(plt, out / "cache_bytes.png", eff, lengths, "Generation cache after prefill",
-                                "cache (MiB)", ylim=None))  # fmt: skip
+                                "cache (MiB, log scale)", ylim=None, log_y=True))  # fmt: skip
     return paths
 
 
 def _line_plot(plt, path: Path, series: dict[str, dict[str, float]], lengths: list[int], title: str,
-               ylabel: str, ylim: tuple[float, float] | None) -> Path:  # fmt: skip
+               ylabel: str, ylim: tuple[float, float] | None, log_y: bool = False) -> Path:  # fmt: skip
     fig, ax = plt.subplots(figsize=FIG_SIZE, dpi=FIG_DPI)
     for name, points in series.items():
         xs = sorted(int(n) for n in points)
@@ -153,6 +153,8 @@ def _line_plot(plt, path: Path, series: dict[str, dict[str, float]], lengths: li
     ax.minorticks_off()
     if ylim is not None:
         ax.set_ylim(*ylim)
+    if log_y:
+        ax.set_yscale("log")
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -167,9 +169,18 @@ def _short(n: int) -> str:
     return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
-def write_report(runs: list[dict[str, Any]], out_dir: str | Path, json_name: str = "comparison.json",
+def save_run(run: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write one run's ``results.json`` (what :func:`load_run` reads)."""
+    path = Path(out_dir) / RESULTS_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_json(run), indent=2) + "\n")
+    return path
+
+
+def write_report(runs: list[dict[str, Any]], out_dir: str | Path, json_name: str | None = "comparison.json",
                  table_name: str = "comparison.md") -> dict[str, Any]:  # fmt: skip
-    """Write one JSON, one Markdown table and the plots for ``runs`` into ``out_dir``; returns the paths."""
+    """Write the Markdown table, the plots and (unless ``json_name`` is None) ``{"runs": [...]}`` as
+    JSON for ``runs`` into ``out_dir``; returns the paths."""
     if not runs:
         raise ValueError("no runs to report")
     names = [r["name"] for r in runs]
@@ -180,5 +191,7 @@ def write_report(runs: list[dict[str, Any]], out_dir: str | Path, json_name: str
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(runs)
     (out / table_name).write_text(table)
-    (out / json_name).write_text(json.dumps(to_json({"runs": runs}), indent=2) + "\n")
-    return {"json": out / json_name, "table": out / table_name, "plots": plot(runs, out)}
+    if json_name is not None:
+        (out / json_name).write_text(json.dumps(to_json({"runs": runs}), indent=2) + "\n")
+    return {"json": None if json_name is None else out / json_name, "table": out / table_name,
+            "plots": plot(runs, out)}  # fmt: skip

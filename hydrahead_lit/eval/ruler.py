@@ -102,9 +102,7 @@ def completion_text(tokenizer: Any, new_ids: Sequence[int]) -> str:
 
 
 @torch.inference_mode()
-def generate_batch(
-    model: nn.Module, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int
-) -> list[str]:
+def generate_batch(model: nn.Module, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
     """Greedy continuations of equal-length ``prompts`` (no padding: LA states must not see pad tokens)."""
     device = next(model.parameters()).device
     ids = torch.tensor(prompts, dtype=torch.long, device=device)
