@@ -44,10 +44,19 @@ def teacher_kv_bytes(config: Any, batch: int, seq_len: int, dtype: torch.dtype) 
     return 2 * text.num_hidden_layers * kv_heads * head_dim * seq_len * batch * el
 
 
+def _forward_params(model: nn.Module) -> set[str]:
+    """Named parameters of the model's forward (a student's own forward only forwards **kwargs)."""
+    for cls in type(model).__mro__:
+        fn = cls.__dict__.get("forward")
+        if fn is not None:
+            names = {n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD}
+            if len(names) > 1:
+                return names
+    return set()
+
+
 def _cache_kwarg(model: nn.Module) -> str:
-    if is_student(model):
-        return model._cache_kwarg()
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in _forward_params(model) else "past_key_values"
 
 
 def _output_cache(out: Any) -> Any:
@@ -67,9 +76,12 @@ def measure_length(
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (1, length), generator=gen).to(device)
     key = _cache_kwarg(model)
+    # Prefill computes logits for the last position only, as generate() does (full logits at 128K
+    # tokens and a 150K vocabulary would dominate time and memory).
+    last = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
     prefill, decode, nbytes = [], [], 0
     # One untimed pass first: kernel compilation, autotuning and allocator growth are not steady state.
-    warm = model(input_ids=ids, use_cache=True)
+    warm = model(input_ids=ids, use_cache=True, **last)
     model(input_ids=warm.logits[:, -1:].argmax(-1), use_cache=True, **{key: _output_cache(warm)})
     del warm
     if device.type == "cuda":
@@ -77,7 +89,7 @@ def measure_length(
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
-        out = model(input_ids=ids, use_cache=True)
+        out = model(input_ids=ids, use_cache=True, **last)
         _sync(device)
         prefill.append(time.perf_counter() - t0)
         cache = _output_cache(out)

@@ -111,3 +111,18 @@ def test_config_through_lightning_cli(model_dirs, tmp_path) -> None:
     LightningCLI(subclass_mode_model=True, subclass_mode_data=True, args=args, save_config_callback=None)
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["config"]["tasks"] == ["passkey"] and set(res["ruler"]["passkey"]) == {"256"}
+
+
+@pytest.mark.gpu
+def test_student_on_gpu(model_dirs, tmp_path) -> None:
+    """The module moves the loaded model to the GPU; figures carry the card's name and peak memory."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    module = EvalModule(model_dirs["student"], tokenizer="demo", output_dir=str(tmp_path / "gpu"), **FAST)
+    Trainer(accelerator="gpu", devices=1, logger=False, enable_checkpointing=False).test(module)
+    res = json.loads((tmp_path / "gpu" / "results.json").read_text())
+    assert res["device"] == torch.cuda.get_device_name(0)
+    assert res["efficiency"]["256"]["peak_memory_bytes"] > 0
+    assert res["efficiency"]["256"]["cache_bytes"] == res["efficiency"]["256"]["cache_bytes_analytic"]
