@@ -1,7 +1,8 @@
 """The command line: `python main.py fit --config configs/<scale>/stage<N>.yaml` (LightningCLI).
 
-The model is chosen in the YAML (`model.class_path`: one of the stage modules in `hydrahead_lit.lit`);
-the data is a `TokenDataModule`. `python main.py demo` runs the bundled CPU demo end to end.
+The model and the data are chosen in the YAML by `class_path`: a stage module of `hydrahead_lit.lit`
+with a `hydrahead_lit.lit.datamodule.TokenDataModule` for training, or `hydrahead_lit.eval.module.EvalModule`
+(which brings its own data) for `python main.py test`. `python main.py demo` runs the bundled CPU demo.
 Stages hand off weights with the model's `init_from` (weights only); `ckpt_path` resumes the same stage.
 """
 
@@ -12,8 +13,6 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
-from hydrahead_lit.lit.base import StageModule
-
 
 def _tokenizer_files(path: str | None) -> bool:
     if path is None:
@@ -21,9 +20,9 @@ def _tokenizer_files(path: str | None) -> bool:
     return any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
 
 
-def check_tokenizers(model: StageModule, datamodule: object) -> None:
+def check_tokenizers(model: object, datamodule: object) -> None:
     """ValueError when the data module's tokenizer is not the teacher's (ids would mean other tokens)."""
-    source = model.tokenizer_source
+    source = getattr(model, "tokenizer_source", None)
     data_tok = getattr(datamodule, "tokenizer_spec", None)
     if source is None or data_tok is None or (source != "demo" and not _tokenizer_files(source)):
         return
@@ -43,12 +42,11 @@ class HydraHeadCLI(LightningCLI):
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> HydraHeadCLI:
-    from hydrahead_lit.lit.datamodule import TokenDataModule
-
     return HydraHeadCLI(
-        StageModule,
-        TokenDataModule,
+        None,  # any LightningModule given by class_path (stage modules, EvalModule)
+        None,  # any LightningDataModule given by class_path (or none: EvalModule has its own)
         subclass_mode_model=True,
+        subclass_mode_data=True,
         args=args,
         run=run,
     )

@@ -41,9 +41,9 @@ def shard_model(model: nn.Module, mesh: object, param_dtype: torch.dtype | None,
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in decoder_layers(model):
         fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
-    # The root's parameters (embeddings, lm_head) are used again right after forward by the chunked
-    # logit losses: FSDP2 keeps the root unsharded between forward and backward anyway.
-    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    # The root's parameters (embeddings, final norm, lm_head) stay gathered after forward: the chunked
+    # logit losses call lm_head after the model's forward and again when recomputing chunks in backward.
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
 
 
 def parallelize(
