@@ -4,7 +4,7 @@ Same function and conventions as :func:`hydrahead_lit.ops.gated_delta_rule.chunk
 (flash-linear-attention's gated delta rule: ``q``/``k`` L2-normalized by the caller, ``g`` a log
 decay, states ``[B, H, K, V]`` in float32). The design is the WY/UT chunked form of Yang et al.,
 "Gated Delta Networks" (2024): in-chunk work runs for all chunks in parallel, and only a
-``[K, V]`` state is carried chunk to chunk. Five launches in all (three forward, two backward; see
+``[K, V]`` state is carried chunk to chunk. Seven launches in all (three forward, four backward; see
 ``kernels/gdn_fwd.py`` and ``kernels/gdn_bwd.py``). It does not go through flash-linear-attention,
 so it is also correct on Hopper with Triton 3.6, where fla refuses its gated backward.
 :func:`gdn_forward` and :func:`gdn_backward` are the launchers; the hybrid attention op calls them
@@ -20,7 +20,7 @@ import torch
 import triton
 from torch import Tensor
 
-from kernels.gdn_bwd import gdn_bwd_chunk_kernel, gdn_bwd_state_kernel
+from kernels.gdn_bwd import gdn_bwd_du_local_kernel, gdn_bwd_intra_kernel, gdn_bwd_state_kernel, gdn_bwd_wy_kernel
 from kernels.gdn_fwd import gdn_fwd_out_kernel, gdn_fwd_prep_kernel, gdn_fwd_state_kernel
 
 __all__ = ["chunk_gated_delta_rule_triton", "gdn_backward", "gdn_forward", "GDNSaved"]
@@ -67,6 +67,7 @@ class GDNSaved:
     """What the backward needs from the forward (besides the inputs)."""
 
     Gc: Tensor  # [B, H, T] in-chunk cumulative log decay, float32
+    Tinv: Tensor  # [B, H, T, BT] rows of each chunk's (I + A)^-1
     W: Tensor  # [B, H, T, K] WY factor
     U: Tensor  # [B, H, T, V] written values
     hs: Tensor  # [B, H, NT, K, V] chunk-start states
@@ -98,13 +99,14 @@ def gdn_forward(
     NT = triton.cdiv(T, BT)
     dev, dt = q.device, q.dtype
     Gc = torch.empty(B, H, T, device=dev, dtype=torch.float32)
+    Tinv = torch.empty(B, H, T, BT, device=dev, dtype=dt)
     W = torch.empty(B, H, T, K, device=dev, dtype=dt)
     U = torch.empty(B, H, T, V, device=dev, dtype=dt)
     hs = torch.empty(B, H, NT, K, V, device=dev, dtype=dt)
     warps = {} if _interpret() else {"num_warps": 4}
     log2_bt = BT.bit_length() - 1
     gdn_fwd_prep_kernel[(NT, B * H)](
-        k, v, g, beta, Gc, W, U, T, H, *_s3(k), *_s3(v), *_s3(g), *_s3(beta),
+        k, v, g, beta, Gc, Tinv, W, U, T, H, *_s3(k), *_s3(v), *_s3(g), *_s3(beta),
         K=K, V=V, BT=BT, LOG2_BT=log2_bt, **warps,
     )  # fmt: skip
     ht = torch.empty(B, H, K, V, device=dev, dtype=torch.float32) if output_final_state else None
@@ -124,7 +126,7 @@ def gdn_forward(
         norm_weight if fuse else Gc, T, NT, H, float(scale), float(eps),
         *_s3(q), *_s3(k), *_s3(out), K=K, V=V, BT=BT, FUSE_NORM=fuse, **warps,
     )  # fmt: skip
-    return out, ht, GDNSaved(Gc, W, U, hs), o_raw, rstd
+    return out, ht, GDNSaved(Gc, Tinv, W, U, hs), o_raw, rstd
 
 
 def gdn_backward(
@@ -152,6 +154,10 @@ def gdn_backward(
     dht_c = dht.float().contiguous() if dht is not None else None
     BV = _bv(V)
     interp = _interpret()
+    gdn_bwd_du_local_kernel[(NT, B * H)](
+        q, k, saved.Gc, do, dU, T, H, float(scale), *_s3(q), *_s3(k), *_s3(do),
+        K=K, V=V, BT=BT, **({} if interp else {"num_warps": 4}),
+    )  # fmt: skip
     gdn_bwd_state_kernel[(V // BV, B * H)](
         q, k, saved.W, saved.Gc, do, dU, dhs, dht_c if dht_c is not None else dU,
         dh0 if dh0 is not None else dU, T, NT, H, float(scale), *_s3(q), *_s3(k), *_s3(do),
@@ -163,10 +169,16 @@ def gdn_backward(
     dv = torch.empty(B, T, H, V, device=dev, dtype=v.dtype)
     dg = torch.empty(B, T, H, device=dev, dtype=g.dtype)
     dbeta = torch.empty(B, T, H, device=dev, dtype=beta.dtype)
-    gdn_bwd_chunk_kernel[(NT, B * H)](
-        q, k, v, beta, saved.Gc, saved.U, saved.hs, do, dU, dhs, dq, dk, dv, dbeta, dg, T, NT, H,
-        float(scale), *_s3(q), *_s3(k), *_s3(v), *_s3(beta), *_s3(do),
-        K=K, V=V, BT=BT, LOG2_BT=BT.bit_length() - 1, **({} if interp else {"num_warps": 8}),
+    warps = {} if interp else {"num_warps": 8}
+    dk_part = torch.empty(B, H, T, K, device=dev, dtype=torch.float32)
+    dG_part = torch.empty(B, H, T, device=dev, dtype=torch.float32)
+    gdn_bwd_intra_kernel[(NT, B * H)](
+        q, k, saved.Gc, saved.U, saved.hs, do, dhs, dq, dk_part, dG_part, T, NT, H, float(scale),
+        *_s3(q), *_s3(k), *_s3(do), K=K, V=V, BT=BT, BVI=min(V, 64), **warps,
+    )  # fmt: skip
+    gdn_bwd_wy_kernel[(NT, B * H)](
+        k, v, beta, saved.Gc, saved.Tinv, saved.hs, dU, dk_part, dG_part, dk, dv, dbeta, dg, T, NT, H,
+        *_s3(k), *_s3(v), *_s3(beta), K=K, V=V, BT=BT, BVI=min(V, 64), **warps,
     )  # fmt: skip
     return dq, dk, dv, dg, dbeta, dh0
 
@@ -177,15 +189,15 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
         o, ht, saved, _, _ = gdn_forward(
             q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size=chunk_size
         )
-        ctx.save_for_backward(q, k, v, g, beta, saved.Gc, saved.W, saved.U, saved.hs)
+        ctx.save_for_backward(q, k, v, g, beta, saved.Gc, saved.Tinv, saved.W, saved.U, saved.hs)
         ctx.scale, ctx.chunk_size, ctx.has_h0 = scale, chunk_size, initial_state is not None
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, beta, Gc, W, U, hs = ctx.saved_tensors
+        q, k, v, g, beta, *saved = ctx.saved_tensors
         dq, dk, dv, dg, dbeta, dh0 = gdn_backward(
-            q, k, v, g, beta, GDNSaved(Gc, W, U, hs), do, dht, ctx.scale, ctx.has_h0, ctx.chunk_size
+            q, k, v, g, beta, GDNSaved(*saved), do, dht, ctx.scale, ctx.has_h0, ctx.chunk_size
         )
         return dq, dk, dv, dg, dbeta, None, dh0, None, None
 

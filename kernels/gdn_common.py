@@ -15,10 +15,16 @@ import triton.language as tl
 @triton.jit
 def load_rows(ptr, row0, T, stride_t, BT: tl.constexpr, D: tl.constexpr):
     """Load rows ``row0 .. row0+BT`` of a ``[T, D]`` view (row stride ``stride_t``) as float32."""
+    return load_rows_raw(ptr, row0, T, stride_t, BT, D).to(tl.float32)
+
+
+@triton.jit
+def load_rows_raw(ptr, row0, T, stride_t, BT: tl.constexpr, D: tl.constexpr):
+    """As :func:`load_rows`, in the stored dtype: a product of two stored tiles loses nothing by
+    running on bf16 operands, and they take half the shared memory."""
     rows = row0 + tl.arange(0, BT)
     cols = tl.arange(0, D)
-    x = tl.load(ptr + rows[:, None] * stride_t + cols[None, :], mask=(rows < T)[:, None], other=0.0)
-    return x.to(tl.float32)
+    return tl.load(ptr + rows[:, None] * stride_t + cols[None, :], mask=(rows < T)[:, None], other=0.0)
 
 
 @triton.jit
@@ -48,10 +54,8 @@ def store_vec(ptr, x, row0, T, stride_t, BT: tl.constexpr):
 
 @triton.jit
 def chunk_cumsum(g, BT: tl.constexpr):
-    """Inclusive prefix sum over the chunk, as a masked reduction (exact, interpreter-friendly)."""
-    i = tl.arange(0, BT)
-    keep = i[None, :] <= i[:, None]
-    return tl.sum(tl.where(keep, g[None, :], 0.0), axis=1)
+    """Inclusive prefix sum over the chunk."""
+    return tl.cumsum(g, axis=0)
 
 
 @triton.jit
@@ -82,7 +86,8 @@ def wy_matrices(k, beta, G, BT: tl.constexpr, LOG2_BT: tl.constexpr):
 
     ``A`` is nilpotent (``A^BT = 0``), so ``(I + A)^-1 = sum_{n < BT} (-A)^n
     = (I - A)(I + A^2)(I + A^4)...(I + A^(BT/2))``: ``2 log2(BT) - 2`` matrix products on the tensor
-    cores instead of ``BT`` sequential substitution steps. ``tf32x3`` keeps float32 accuracy there.
+    cores instead of ``BT`` sequential substitution steps (tf32 on the GPU: its rounding is below
+    the bf16 rounding the factors get next).
     """
     i = tl.arange(0, BT)
     A = beta[:, None] * tl.dot(k, tl.trans(k)) * decay_matrix(G, True, BT)
@@ -90,6 +95,6 @@ def wy_matrices(k, beta, G, BT: tl.constexpr, LOG2_BT: tl.constexpr):
     P = eye - A
     Apow = A
     for _ in tl.static_range(LOG2_BT - 1):
-        Apow = tl.dot(Apow, Apow, input_precision="tf32x3")
-        P = P + tl.dot(P, Apow, input_precision="tf32x3")
+        Apow = tl.dot(Apow, Apow)
+        P = P + tl.dot(P, Apow)
     return A, P

@@ -1,8 +1,8 @@
 """Forward kernels of the chunked Gated DeltaNet (three launches).
 
 1. :func:`gdn_fwd_prep_kernel`, one program per (chunk, head), all chunks in parallel: the chunk's
-   cumulative decay ``G``, ``T = (I + A)^-1`` and the two WY factors ``W = T diag(beta e^G) K`` and
-   ``U0 = T diag(beta) V``.
+   cumulative decay ``G``, ``T = (I + A)^-1`` (kept for the backward) and the two WY factors
+   ``W = T diag(beta e^G) K`` and ``U0 = T diag(beta) V``.
 2. :func:`gdn_fwd_state_kernel`, one program per (head, block of V columns), a loop over chunks:
    the written values ``U = U0 - W S0`` and the chunk-start states ``S0``.
 3. :func:`gdn_fwd_out_kernel`, one program per (chunk, head): ``O = scale (diag(e^G) Q S0 + (M * QK^T) U)``
@@ -21,6 +21,7 @@ from kernels.gdn_common import (
     chunk_cumsum,
     decay_matrix,
     load_rows,
+    load_rows_raw,
     load_vec,
     store_rows,
     store_vec,
@@ -39,22 +40,26 @@ def load_chunk_decay(Gc, row0, T, BT: tl.constexpr):
 
 @triton.jit
 def gdn_fwd_prep_kernel(
-    k, v, g, beta, Gc, W, U, T, H,
+    k, v, g, beta, Gc, Tinv, W, U, T, H,
     skb, skt, skh, svb, svt, svh, sgb, sgt, sgh, sbb, sbt, sbh,
     K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, LOG2_BT: tl.constexpr,
 ):  # fmt: skip
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     b, h = i_bh // H, i_bh % H
     row0 = i_t * BT
-    kk = load_rows(k + b * skb + h * skh, row0, T, skt, BT, K)
-    vv = load_rows(v + b * svb + h * svh, row0, T, svt, BT, V)
+    kk = load_rows_raw(k + b * skb + h * skh, row0, T, skt, BT, K)
+    vv = load_rows_raw(v + b * svb + h * svh, row0, T, svt, BT, V)
     gg = load_vec(g + b * sgb + h * sgh, row0, T, sgt, BT)
     bb = load_vec(beta + b * sbb + h * sbh, row0, T, sbt, BT)
     G = chunk_cumsum(gg, BT)
     store_vec(Gc + i_bh * T, G, row0, T, 1, BT)
     _, Tm = wy_matrices(kk, bb, G, BT, LOG2_BT)
-    w = tl.dot(Tm, kk * (bb * tl.exp(G))[:, None])
-    u0 = tl.dot(Tm, vv * bb[:, None])
+    # The factors are stored in the input dtype, so the products run on operands rounded to it.
+    dt = kk.dtype
+    Tm = Tm.to(dt)
+    store_rows(Tinv + i_bh * T * BT, Tm, row0, T, BT, BT, BT)  # kept for the backward
+    w = tl.dot(Tm, (kk * (bb * tl.exp(G))[:, None]).to(dt))
+    u0 = tl.dot(Tm, (vv * bb[:, None]).to(dt))
     store_rows(W + i_bh * T * K, w, row0, T, K, BT, K)
     store_rows(U + i_bh * T * V, u0, row0, T, V, BT, V)
 
@@ -80,12 +85,15 @@ def gdn_fwd_state_kernel(
     for c in range(NT):
         row0 = c * BT
         tl.store(hs + (i_bh * NT + c) * K * V + state_off, state.to(hs.dtype.element_ty))
-        w = load_rows(W + i_bh * T * K, row0, T, K, BT, K)
-        u = load_rows(u_base, row0, T, V, BT, BV) - tl.dot(w, state)
+        # Products on operands in the input dtype; the state itself accumulates in float32.
+        w = load_rows_raw(W + i_bh * T * K, row0, T, K, BT, K)
+        dt = w.dtype
+        u = load_rows(u_base, row0, T, V, BT, BV) - tl.dot(w, state.to(dt))
         store_rows(u_base, u, row0, T, V, BT, BV)
         G, last = load_chunk_decay(Gc + i_bh * T, row0, T, BT)
-        kk = load_rows(k_base, row0, T, skt, BT, K) * tl.exp(last - G)[:, None]
-        state = state * tl.exp(last) + tl.dot(tl.trans(kk), u)
+        # Decay folded into the narrow [BT, BV] tile rather than the [BT, K] one: fewer registers.
+        kk = load_rows_raw(k_base, row0, T, skt, BT, K)
+        state = state * tl.exp(last) + tl.dot(tl.trans(kk), (u * tl.exp(last - G)[:, None]).to(dt))
     if STORE_HT:
         tl.store(ht + i_bh * K * V + state_off, state)
 
@@ -99,14 +107,15 @@ def gdn_fwd_out_kernel(
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     b, h = i_bh // H, i_bh % H
     row0 = i_t * BT
-    qq = load_rows(q + b * sqb + h * sqh, row0, T, sqt, BT, K)
-    kk = load_rows(k + b * skb + h * skh, row0, T, skt, BT, K)
-    u = load_rows(U + i_bh * T * V, row0, T, V, BT, V)
+    qq = load_rows_raw(q + b * sqb + h * sqh, row0, T, sqt, BT, K)
+    kk = load_rows_raw(k + b * skb + h * skh, row0, T, skt, BT, K)
+    u = load_rows_raw(U + i_bh * T * V, row0, T, V, BT, V)
+    dt = u.dtype
     G, _ = load_chunk_decay(Gc + i_bh * T, row0, T, BT)
     ck, cv = tl.arange(0, K), tl.arange(0, V)
-    s0 = tl.load(hs + (i_bh * NT + i_t) * K * V + ck[:, None] * V + cv[None, :]).to(tl.float32)
+    s0 = tl.load(hs + (i_bh * NT + i_t) * K * V + ck[:, None] * V + cv[None, :])
     scores = tl.dot(qq, tl.trans(kk)) * decay_matrix(G, False, BT)
-    out = scale * (tl.dot(qq * tl.exp(G)[:, None], s0) + tl.dot(scores, u))
+    out = scale * (tl.dot((qq * tl.exp(G)[:, None]).to(dt), s0) + tl.dot(scores.to(dt), u))
     if FUSE_NORM:
         # The fusion of a hybrid layer: y = weight * o / rms(o), per step and head. The raw output
         # and 1/rms are kept for the backward.

@@ -82,7 +82,7 @@ class _HybridAttention(torch.autograd.Function):
                 _, _, saved, o_raw, rstd = gdn_forward(
                     q_la, k_la, v_la, g, beta, la_scale, out=out[:, :, Hfa:], norm_weight=la_weight, eps=eps
                 )
-            saved_la = [saved.Gc, saved.W, saved.U, saved.hs, o_raw, rstd]
+            saved_la = [saved.Gc, saved.Tinv, saved.W, saved.U, saved.hs, o_raw, rstd]
         ctx.fa_graph = None
         if Hfa:
             # SDPA's own backward is reused: build its graph on detached leaves and keep it on ctx.
@@ -103,7 +103,7 @@ class _HybridAttention(torch.autograd.Function):
         stream = _Overlap(dout.device, ctx.overlap and Hfa > 0 and Hla > 0)
         if Hla:
             with stream:
-                Gc, W, U, hs, o_raw, rstd = saved_la
+                *saved, o_raw, rstd = saved_la
                 dy = dout[:, :, Hfa:].transpose(1, 2).float()  # [B, H, T, D], like o_raw
                 o, r = o_raw.float(), rstd[..., None]
                 dy_w = dy * la_weight.float()[None, :, None, :]
@@ -111,7 +111,7 @@ class _HybridAttention(torch.autograd.Function):
                 do = r * (dy_w - o * r.square() * (dy_w * o).mean(-1, keepdim=True))
                 d_weight = (dy * o * r).sum((0, 2)).to(la_weight.dtype)
                 dq, dk, dv, dg, dbeta, _ = gdn_backward(
-                    q_la, k_la, v_la, g, beta, GDNSaved(Gc, W, U, hs),
+                    q_la, k_la, v_la, g, beta, GDNSaved(*saved),
                     do.to(q_la.dtype).transpose(1, 2), None, ctx.la_scale, False,
                 )  # fmt: skip
             grads[3:8] = [dq, dk, dv, dg, dbeta]
