@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
+import kernels.gated_delta_rule as gdn_mod
 from hydrahead_lit.ops.gated_delta_rule import chunk_gated_delta_rule_ref
 from hydrahead_lit.ops.hybrid_attention import hybrid_attention_ref
 from kernels.gated_delta_rule import chunk_gated_delta_rule_triton
@@ -211,10 +212,6 @@ def bench(T: int, Hfa: int, H: int = 16, D: int = 128) -> dict[str, tuple[float,
         out = torch.zeros_like(q)
         return out.index_copy(2, fa_idx, y_fa).index_copy(2, la_idx, y_la)
 
-    res["a: this op"] = _time(ours, leaves)
-    res["a: this op, one stream"] = _time(lambda: ours(False), leaves)
-    res["b: naive (SDPA + fla)"] = _time(naive, leaves)
-    res["c: SDPA, 16 heads"] = _time(lambda: _sdpa(q, k, v), [q, k, v])
     # Parts alone, each on its own contiguous inputs in its preferred layout.
     qf, kf, vf = (x[:, :, :Hfa].transpose(1, 2).contiguous().detach().requires_grad_() for x in (q, k, v))
     res["SDPA, FA heads"] = _time(
@@ -226,10 +223,38 @@ def bench(T: int, Hfa: int, H: int = 16, D: int = 128) -> dict[str, tuple[float,
     res["fla GDN, LA heads"] = _time(
         lambda: fla_gdn(ql, kl, vl, g=gl, beta=bl, scale=D**-0.5, use_qk_l2norm_in_kernel=False), la_leaves
     )
-    res["our GDN, LA heads"] = _time(lambda: chunk_gated_delta_rule_triton(ql, kl, vl, gl, bl), la_leaves)
+    # The state recurrences' V block width: time both, keep the faster (forward+backward) for all.
+    by_bv = {}
+    for bv in (16, 32):
+        gdn_mod.STATE_BLOCK_V = bv
+        by_bv[bv] = _time(lambda: chunk_gated_delta_rule_triton(ql, kl, vl, gl, bl), la_leaves)
+    best_bv = min(by_bv, key=lambda b: by_bv[b][1])
+    gdn_mod.STATE_BLOCK_V = best_bv
+    print(f"  state block V: {by_bv} -> {best_bv}", flush=True)
+    res["our GDN, LA heads"] = by_bv[best_bv]
+    res["a: this op"] = _time(ours, leaves)
+    res["a: this op, one stream"] = _time(lambda: ours(False), leaves)
+    res["b: naive (SDPA + fla)"] = _time(naive, leaves)
+    res["c: SDPA, 16 heads"] = _time(lambda: _sdpa(q, k, v), [q, k, v])
     best = [min(res["fla GDN, LA heads"][i], res["our GDN, LA heads"][i]) for i in range(2)]
     res["d: ideal (SDPA FA + best LA)"] = tuple(res["SDPA, FA heads"][i] + best[i] for i in range(2))
     return res
+
+
+def profile(T: int, Hfa: int, H: int = 16, D: int = 128) -> str:
+    """Per-kernel CUDA time of this op's forward+backward (where the time goes)."""
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    xs = _hybrid_inputs(1, T, Hfa, Hfa, H - Hfa, D, torch.bfloat16, gen)
+    xs = [x.requires_grad_() for x in xs]
+    dout = torch.randn(1, T, H, D, device="cuda", dtype=torch.bfloat16)
+    for _ in range(2):
+        hybrid_attention_triton(*xs).backward(dout)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            hybrid_attention_triton(*xs).backward(dout)
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60)
 
 
 def main() -> None:
@@ -280,6 +305,11 @@ def main() -> None:
         lines.append("")
         lines.append(f"forward / forward+backward, ms (median, do_bench). {env}")
         print("\n".join(lines))
+        try:
+            table = profile(max(args.lengths), min(args.plans))
+            print(f"profile, T={max(args.lengths)}, FA heads {min(args.plans)}, 3 x forward+backward:\n{table}")
+        except Exception:
+            traceback.print_exc()
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("checks: " + ("all passed" if not FAILURES else f"FAILED {FAILURES}") + "\n\n")

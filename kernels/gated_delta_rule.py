@@ -32,10 +32,13 @@ def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Width of the V column blocks of the two state recurrences. They are sequential over chunks, so
+# narrow blocks put more programs side by side (B=1 and few heads otherwise leave most SMs idle).
+STATE_BLOCK_V = 32
+
+
 def _bv(V: int) -> int:
-    # The state recurrences are sequential over chunks: split V into narrow column blocks so that
-    # more programs run side by side (B=1 and few heads otherwise leave most SMs idle).
-    return min(V, 32)
+    return min(V, STATE_BLOCK_V)
 
 
 def _s3(x: Tensor) -> tuple[int, int, int]:
@@ -103,7 +106,8 @@ def gdn_forward(
     W = torch.empty(B, H, T, K, device=dev, dtype=dt)
     U = torch.empty(B, H, T, V, device=dev, dtype=dt)
     hs = torch.empty(B, H, NT, K, V, device=dev, dtype=dt)
-    warps = {} if _interpret() else {"num_warps": 4}
+    interp = _interpret()
+    warps = {} if interp else {"num_warps": 8}
     log2_bt = BT.bit_length() - 1
     gdn_fwd_prep_kernel[(NT, B * H)](
         k, v, g, beta, Gc, Tinv, W, U, T, H, *_s3(k), *_s3(v), *_s3(g), *_s3(beta),
@@ -114,7 +118,8 @@ def gdn_forward(
     BV = _bv(V)
     gdn_fwd_state_kernel[(V // BV, B * H)](
         k, W, U, Gc, hs, h0 if h0 is not None else Gc, ht if ht is not None else Gc, T, NT, H, *_s3(k),
-        K=K, V=V, BV=BV, BT=BT, HAS_H0=h0 is not None, STORE_HT=ht is not None, **warps,
+        K=K, V=V, BV=BV, BT=BT, HAS_H0=h0 is not None, STORE_HT=ht is not None,
+        **({} if interp else {"num_warps": 4}),
     )  # fmt: skip
     if out is None:
         out = torch.empty(B, T, H, V, device=dev, dtype=v.dtype)
@@ -162,7 +167,7 @@ def gdn_backward(
         q, k, saved.W, saved.Gc, do, dU, dhs, dht_c if dht_c is not None else dU,
         dh0 if dh0 is not None else dU, T, NT, H, float(scale), *_s3(q), *_s3(k), *_s3(do),
         K=K, V=V, BV=BV, BT=BT, HAS_DHT=dht_c is not None, STORE_DH0=need_dh0,
-        **({} if interp else {"num_warps": 4}),
+        **({} if interp else {"num_warps": 8}),
     )  # fmt: skip
     dq = torch.empty(B, T, H, K, device=dev, dtype=q.dtype)
     dk = torch.empty(B, T, H, K, device=dev, dtype=k.dtype)
@@ -174,11 +179,11 @@ def gdn_backward(
     dG_part = torch.empty(B, H, T, device=dev, dtype=torch.float32)
     gdn_bwd_intra_kernel[(NT, B * H)](
         q, k, saved.Gc, saved.U, saved.hs, do, dhs, dq, dk_part, dG_part, T, NT, H, float(scale),
-        *_s3(q), *_s3(k), *_s3(do), K=K, V=V, BT=BT, BVI=min(V, 64), **warps,
+        *_s3(q), *_s3(k), *_s3(do), K=K, V=V, BT=BT, BVI=min(V, 32), **warps,
     )  # fmt: skip
     gdn_bwd_wy_kernel[(NT, B * H)](
         k, v, beta, saved.Gc, saved.Tinv, saved.hs, dU, dk_part, dG_part, dk, dv, dbeta, dg, T, NT, H,
-        *_s3(k), *_s3(v), *_s3(beta), K=K, V=V, BT=BT, BVI=min(V, 64), **warps,
+        *_s3(k), *_s3(v), *_s3(beta), K=K, V=V, BT=BT, BVI=min(V, 32), **warps,
     )  # fmt: skip
     return dq, dk, dv, dg, dbeta, dh0
 

@@ -32,7 +32,7 @@ def _inputs(B: int, T: int, H: int, K: int, V: int, with_h0: bool):
 @pytest.mark.parametrize(
     ("B", "T", "H", "K", "V", "chunk", "with_h0"),
     [
-        (2, 37, 2, 16, 32, 16, True),  # T not a multiple of the chunk, several chunks, initial state
+        (2, 37, 2, 16, 64, 16, True),  # T not a multiple of the chunk, several chunks and V blocks, h0
         (1, 32, 1, 32, 16, 16, False),  # T a multiple of the chunk, K > V
         (1, 20, 2, 16, 16, 64, True),  # a single partial chunk at the production chunk size
     ],
