@@ -85,8 +85,12 @@ def run_stage(cfg: dict, path: Path) -> dict[str, float]:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    start = time.perf_counter()
     cli = build_cli(["fit", "--config", str(path)])
-    return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    metrics["steps"] = float(cli.trainer.global_step)
+    metrics["seconds"] = time.perf_counter() - start
+    return metrics
 
 
 def evaluate(path: Path, val_dir: Path, length: int, samples: int, ppl_rows: int) -> dict[str, Any]:
@@ -120,7 +124,7 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
 
 
 def format_stages(stages: dict[str, dict[str, float]]) -> str:
-    keys = ("train/align_loss", "train/loss", "val/ppl", "val/kl")
+    keys = ("steps", "seconds", "train/align_loss", "train/loss", "val/ppl", "val/kl")
     lines = ["| run | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
     for name, m in stages.items():
         cells = " | ".join(f"{m[k]:.3f}" if k in m and math.isfinite(m[k]) else "-" for k in keys)
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             shutil.rmtree(r, ignore_errors=True)
     start = time.perf_counter()
     train_dir, val_dir = prepare_data(out, args.train_docs, 500, seq_len=256)
-    print(f"demo corpus ready: {train_dir} and {val_dir}")
+    print(f"demo corpus ready in {time.perf_counter() - start:.0f} s: {train_dir} and {val_dir}")
     if args.prepare_only:
         return {}
     teacher = args.teacher.resolve()
@@ -185,7 +189,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"HydraHead demo: retrieval at {args.eval_length} tokens ({args.eval_samples} samples a task), "
         f"held-out perplexity on {args.ppl_rows} rows; same budget for both students.\n\n{table}\n\n"
         f"Per-stage metrics (last logged values):\n\n{stage_table}\n\n"
-        f"Training {train_s / 60:.1f} min, total {total_s / 60:.1f} min."
+        f"Data and training {train_s / 60:.1f} min, evaluation {(total_s - train_s) / 60:.1f} min, "
+        f"total {total_s / 60:.1f} min."
     )
     print("\n" + summary)
     (out / "summary.md").write_text(summary + "\n")
