@@ -13,7 +13,6 @@ with the fused RMS-norm epilogue.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -21,15 +20,12 @@ import triton
 from torch import Tensor
 
 from kernels.gdn_bwd import gdn_bwd_du_local_kernel, gdn_bwd_intra_kernel, gdn_bwd_state_kernel, gdn_bwd_wy_kernel
+from kernels.gdn_common import interpret_mode
 from kernels.gdn_fwd import gdn_fwd_out_kernel, gdn_fwd_prep_kernel, gdn_fwd_state_kernel
 
 __all__ = ["chunk_gated_delta_rule_triton", "gdn_backward", "gdn_forward", "GDNSaved"]
 
 CHUNK = 64
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # Width of the V column blocks of the two state recurrences. They are sequential over chunks, so
@@ -106,7 +102,7 @@ def gdn_forward(
     W = torch.empty(B, H, T, K, device=dev, dtype=dt)
     U = torch.empty(B, H, T, V, device=dev, dtype=dt)
     hs = torch.empty(B, H, NT, K, V, device=dev, dtype=dt)
-    interp = _interpret()
+    interp = interpret_mode()
     warps = {} if interp else {"num_warps": 8}
     log2_bt = BT.bit_length() - 1
     gdn_fwd_prep_kernel[(NT, B * H)](
@@ -158,7 +154,7 @@ def gdn_backward(
     dh0 = torch.empty(B, H, K, V, device=dev, dtype=torch.float32) if need_dh0 else None
     dht_c = dht.float().contiguous() if dht is not None else None
     BV = _bv(V)
-    interp = _interpret()
+    interp = interpret_mode()
     gdn_bwd_du_local_kernel[(NT, B * H)](
         q, k, saved.Gc, do, dU, T, H, float(scale), *_s3(q), *_s3(k), *_s3(do),
         K=K, V=V, BT=BT, **({} if interp else {"num_warps": 4}),

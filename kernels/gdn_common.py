@@ -8,8 +8,15 @@ Rows past the sequence end load as zeros (``g = 0, beta = 0``), which leaves the
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
+
+
+def interpret_mode() -> bool:
+    """True under ``TRITON_INTERPRET=1`` (CPU tests): launch options such as ``num_warps`` are left out."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hydrahead_lit.ops.hybrid_attention import check_hybrid_inputs
+from kernels.fusion_norm import fusion_norm_backward
 from kernels.gated_delta_rule import GDNSaved, check_gdn_inputs, gdn_backward, gdn_forward
 
 __all__ = ["hybrid_attention_triton"]
@@ -98,21 +99,17 @@ class _HybridAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         Hfa, Hla = ctx.dims
+        dout = dout if dout.stride(-1) == 1 else dout.contiguous()  # the kernels need unit last stride
         q_la, k_la, v_la, g, beta, fa_gain, la_weight, *saved_la = ctx.saved_tensors
         grads: list[Tensor | None] = [None] * 14
         stream = _Overlap(dout.device, ctx.overlap and Hfa > 0 and Hla > 0)
         if Hla:
             with stream:
                 *saved, o_raw, rstd = saved_la
-                dy = dout[:, :, Hfa:].transpose(1, 2).float()  # [B, H, T, D], like o_raw
-                o, r = o_raw.float(), rstd[..., None]
-                dy_w = dy * la_weight.float()[None, :, None, :]
-                # y = w * o * r with r = (mean(o^2) + eps)^-1/2  =>  do = r (w dy - o r^2 mean(w dy o)).
-                do = r * (dy_w - o * r.square() * (dy_w * o).mean(-1, keepdim=True))
-                d_weight = (dy * o * r).sum((0, 2)).to(la_weight.dtype)
+                do, d_weight = fusion_norm_backward(dout[:, :, Hfa:], o_raw, rstd, la_weight)
                 dq, dk, dv, dg, dbeta, _ = gdn_backward(
                     q_la, k_la, v_la, g, beta, GDNSaved(*saved),
-                    do.to(q_la.dtype).transpose(1, 2), None, ctx.la_scale, False,
+                    do.transpose(1, 2), None, ctx.la_scale, False,
                 )  # fmt: skip
             grads[3:8] = [dq, dk, dv, dg, dbeta]
             grads[9] = d_weight
