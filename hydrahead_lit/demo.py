@@ -151,17 +151,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"{out} holds an earlier demo run; pass --overwrite to replace it, or choose --out")
         for r in runs:
             shutil.rmtree(r, ignore_errors=True)
+    teacher = args.teacher.resolve()
+    if not args.prepare_only and not (teacher / "config.json").is_file():
+        raise SystemExit(
+            f"no demo teacher at {teacher}: make it with `python main.py demo --prepare-only` and "
+            "`python main.py fit --config configs/demo/pretrain_teacher.yaml` (or pass --teacher)"
+        )
     start = time.perf_counter()
     train_dir, val_dir = prepare_data(out, args.train_docs, 500, seq_len=256)
     print(f"demo corpus ready in {time.perf_counter() - start:.0f} s: {train_dir} and {val_dir}")
     if args.prepare_only:
         return {}
-    teacher = args.teacher.resolve()
-    if not (teacher / "config.json").is_file():
-        raise SystemExit(
-            f"no demo teacher at {teacher}: make it with `python main.py demo --prepare-only` and "
-            "`python main.py fit --config configs/demo/pretrain_teacher.yaml` (or pass --teacher)"
-        )
     scale = args.steps_scale
     stages: dict[str, dict[str, float]] = {}
     stage1 = out / "stage1"
