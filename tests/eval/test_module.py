@@ -100,15 +100,16 @@ def test_refuses_to_overwrite_results(model_dirs, tmp_path) -> None:
 
 
 def test_config_through_lightning_cli(model_dirs, tmp_path) -> None:
-    """configs/eval/ruler.yaml parses and runs under a LightningCLI in subclass mode (as main.py builds it)."""
-    from lightning.pytorch.cli import LightningCLI
+    """`python main.py test --config configs/eval/ruler.yaml --model.checkpoint ...` through the project's CLI."""
+    from hydrahead_lit.cli import build_cli
 
     args = ["test", "--config", str(ROOT / "configs/eval/ruler.yaml"), "--model.checkpoint", model_dirs["teacher"],
             "--model.output_dir", str(tmp_path / "run"), "--model.lengths", "[256]", "--model.num_samples", "1",
             "--model.tasks", "[passkey]", "--model.max_new_tokens", "2", "--model.repeats", "1",
-            "--model.decode_tokens", "1", "--trainer.logger.init_args.save_dir", str(tmp_path / "tb"),
+            "--model.decode_tokens", "1", "--model.held_out_dir", "null",
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "tb"),
             "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]  # fmt: skip
-    LightningCLI(subclass_mode_model=True, subclass_mode_data=True, args=args, save_config_callback=None)
+    build_cli(args)
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["config"]["tasks"] == ["passkey"] and set(res["ruler"]["passkey"]) == {"256"}
 
