@@ -26,7 +26,14 @@ from hydrahead_lit.eval.datamodule import eval_jobs, jobs_loader
 from hydrahead_lit.eval.load import check_lengths, load_model, load_tokenizer, max_length, model_kind, read_config
 from hydrahead_lit.eval.perplexity import perplexity
 from hydrahead_lit.eval.report import RESULTS_NAME, TABLE_NAME, save_run, to_json, write_report
-from hydrahead_lit.eval.ruler import average_by_length, check_cells_fit, check_tasks, new_token_budget, run_cell
+from hydrahead_lit.eval.ruler import (
+    average_by_length,
+    check_cells_fit,
+    check_tasks,
+    make_haystack,
+    new_token_budget,
+    run_cell,
+)
 from hydrahead_lit.modeling.student import is_student
 
 
@@ -53,6 +60,8 @@ class EvalModule(pl.LightningModule):
         ppl_max_rows: rows scored for perplexity.
         decode_tokens: decoded tokens per efficiency measurement.
         repeats: efficiency repeats (the median is reported).
+        haystack: filler text: ``procedural`` (the demo grammar), ``noise`` (RULER's repeated
+            sentences) or a prepared corpus directory of the model's tokenizer (real text).
         overwrite: replace an existing results.json in ``output_dir``.
     """
 
@@ -76,6 +85,7 @@ class EvalModule(pl.LightningModule):
         ppl_max_rows: int = 64,
         decode_tokens: int = 16,
         repeats: int = 3,
+        haystack: str = "procedural",
         overwrite: bool = False,
     ) -> None:
         super().__init__()
@@ -102,7 +112,8 @@ class EvalModule(pl.LightningModule):
             raise ValueError(f"held_out_dir {held_out_dir!r} does not exist; prepare it with data/prepare.py "
                              "or set held_out_dir: null")  # fmt: skip
         self.tok = load_tokenizer(checkpoint, tokenizer)
-        check_cells_fit(self.tok, self.tasks, self.lengths)
+        self.haystack = make_haystack(haystack)
+        check_cells_fit(self.tok, self.tasks, self.lengths, self.haystack)
         self.save_hyperparameters()
         self.model: torch.nn.Module | None = None
         self._results: dict[str, Any] = {}
@@ -133,7 +144,7 @@ class EvalModule(pl.LightningModule):
         kind, task, n = job["kind"], job["task"], int(job["length"])
         if kind == "ruler":
             cell = run_cell(self.model, self.tok, task, n, hp.num_samples, hp.seed, hp.max_new_tokens,
-                            hp.batch_size, self.limit)  # fmt: skip
+                            hp.batch_size, self.limit, self.haystack)  # fmt: skip
             self._results["ruler"].setdefault(task, {})[n] = cell
             self.log(f"test/{task}/{n}", cell["score"], batch_size=1)
             self._curve(f"ruler/{task}", cell["score"], n)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from hydrahead_lit.data.haystack import Haystack
 from hydrahead_lit.data.synthetic import TASKS, RetrievalSample, make_sample
 from hydrahead_lit.eval.metrics import ExactMatch, StringMatchAll, StringMatchPart
 
@@ -41,13 +42,15 @@ def check_tasks(tasks: Sequence[str]) -> None:
         raise ValueError(f"unknown task(s) {unknown}; valid tasks: {', '.join(TASKS)}")
 
 
-def check_cells_fit(tokenizer: Any, tasks: Sequence[str], lengths: Sequence[int]) -> None:
+def check_cells_fit(
+    tokenizer: Any, tasks: Sequence[str], lengths: Sequence[int], haystack: Haystack | None = None
+) -> None:
     """ValueError naming every task too long for the shortest length (its needles, question and answer
     alone; a task that fits the shortest length fits every longer one, only the filler grows)."""
     bad, n = [], min(lengths)
     for task in tasks:
         try:
-            make_sample(task, tokenizer, n, 0)
+            make_sample(task, tokenizer, n, 0, haystack)
         except ValueError as e:
             bad.append(str(e))
     if bad:
@@ -123,8 +126,26 @@ def generate_batch(model: nn.Module, tokenizer: Any, prompts: list[list[int]], m
     return [completion_text(tokenizer, row[ids.shape[1] :].tolist()) for row in out]
 
 
-def make_cell(task: str, tokenizer: Any, length: int, num_samples: int, seed: int) -> list[RetrievalSample]:
-    return [make_sample(task, tokenizer, length, sample_seed(seed, i)) for i in range(num_samples)]
+def make_haystack(spec: str | Haystack | None) -> Haystack | None:
+    """``"procedural"`` (default: the demo grammar), ``"noise"`` (RULER's repeated sentences), or the
+    path of a prepared corpus (real text, the nearest offline stand-in for RULER's essays)."""
+    if spec is None or isinstance(spec, Haystack):
+        return spec
+    if spec == "procedural":
+        return None  # make_sample's default, shared across calls (its tokenized pool is cached)
+    if spec == "noise":
+        return Haystack.noise()
+    from pathlib import Path
+
+    if not Path(spec).expanduser().is_dir():
+        raise ValueError(f"haystack {spec!r} is neither 'procedural', 'noise' nor a prepared corpus directory")
+    return Haystack.from_corpus(Path(spec).expanduser())
+
+
+def make_cell(
+    task: str, tokenizer: Any, length: int, num_samples: int, seed: int, haystack: Haystack | None = None
+) -> list[RetrievalSample]:
+    return [make_sample(task, tokenizer, length, sample_seed(seed, i), haystack) for i in range(num_samples)]
 
 
 def run_cell(
@@ -137,9 +158,10 @@ def run_cell(
     max_new_tokens: int | dict[str, int] | None = None,
     batch_size: int = 8,
     limit: int | None = None,
+    haystack: str | Haystack | None = None,
 ) -> dict[str, Any]:
     """Score one cell: ``{"score", "string_match_part", "exact_match", "n", "examples"}`` (scores x100)."""
-    samples = make_cell(task, tokenizer, length, num_samples, seed)
+    samples = make_cell(task, tokenizer, length, num_samples, seed, make_haystack(haystack))
     budget = new_token_budget(task, max_new_tokens)
     metrics = {"score": StringMatchAll(), "string_match_part": StringMatchPart(), "exact_match": ExactMatch()}
     by_len: dict[int, list[int]] = {}
@@ -175,12 +197,13 @@ def run_suite(
     batch_size: int = 8,
     limit: int | None = None,
     on_cell: Callable[[str, int, dict], None] | None = None,
+    haystack: str | Haystack | None = None,
 ) -> dict[str, dict[int, dict[str, Any]]]:
     """``{task: {length: cell result}}`` for every cell (see :func:`run_cell`); deterministic.
 
     Students decode with their hybrid cache (``generate`` installs it), teachers with the standard
     one. ``limit`` caps prompt + generated tokens (the model's context limit). ``on_cell`` is called
-    after each cell (logging, progress).
+    after each cell (logging, progress). ``haystack``: see :func:`make_haystack`.
     """
     check_tasks(tasks)
     if num_samples < 1 or batch_size < 1:
@@ -189,10 +212,11 @@ def run_suite(
         from hydrahead_lit.eval.load import check_lengths
 
         check_lengths(list(lengths), limit)
+    hay = make_haystack(haystack)
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for task in tasks:
         for length in lengths:
-            cell = run_cell(model, tokenizer, task, length, num_samples, seed, max_new_tokens, batch_size, limit)
+            cell = run_cell(model, tokenizer, task, length, num_samples, seed, max_new_tokens, batch_size, limit, hay)
             results.setdefault(task, {})[length] = cell
             if on_cell is not None:
                 on_cell(task, length, cell)

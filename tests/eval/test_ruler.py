@@ -72,3 +72,12 @@ def test_suite_rejects_bad_input(model_dirs) -> None:
         run_suite(model, tok, ["niah_single", "qa_1"], [160], 1)
     with pytest.raises(ValueError, match="exceed the model's limit of 320"):
         run_suite(model, tok, ["niah_single"], [160, 1024], 1, limit=320)
+
+
+def test_noise_haystack_and_bad_haystack(tok) -> None:
+    from hydrahead_lit.eval.ruler import make_haystack
+
+    sample = make_cell("niah_single", tok, 200, 1, seed=0, haystack=make_haystack("noise"))[0]
+    assert "The grass is green." in tok.decode(sample.input_ids)  # RULER's noise filler
+    with pytest.raises(ValueError, match="neither 'procedural', 'noise'"):
+        make_haystack("/nonexistent/corpus")
