@@ -137,8 +137,16 @@ class HeadSelectionCallback(Callback):
         return {"done": self.done, "result": self.result}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        result = state_dict.get("result")
+        if result is not None and result.get("settings") != self.settings() and not self.overwrite:
+            raise ValueError(
+                "the checkpoint holds a head selection made with other HeadSelectionCallback settings; resume with "
+                "the same settings, or pass overwrite=True to select again"
+            )
+        if result is not None and result.get("settings") != self.settings():
+            return  # overwrite=True: the saved decision is dropped and selection runs again
         self.done = bool(state_dict.get("done", False))
-        self.result = state_dict.get("result")
+        self.result = result
 
     # ----- hooks ------------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -165,7 +173,13 @@ class HeadSelectionCallback(Callback):
         self._validate(student.config)
         if self.done:
             return
-        twins = all(a.twins for a in hybrid_attentions(student))
+        attns = hybrid_attentions(student)
+        if not all(a.twins or a.num_la_heads == 0 for a in attns):
+            raise ValueError(
+                "HeadSelectionCallback scores a model whose every head has its FA path: the stage-1 twin model "
+                "(hh.convert(teacher, None, twins=True)), not a hybrid student"
+            )
+        twins = all(a.twins for a in attns)
         available = {"retrieval"} | ({"patching"} if twins else set())
         if hasattr(pl_module, "alignment_error"):
             available.add("alignment")

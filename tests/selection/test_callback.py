@@ -91,6 +91,19 @@ def test_fit_writes_selection_and_heatmap_and_resume_does_not_recompute(teacher,
     again = tmp_path / "lightning_logs" / "version_1" / "head_selection.json"  # rewritten from the saved state
     assert json.loads(again.read_text()) == record
 
+    changed = HeadSelectionCallback(method="random", ratio=3.0, **PROBES)
+    with pytest.raises(ValueError, match="other HeadSelectionCallback settings"):
+        _fit(TwinModule(teacher, _alignment_error()), changed, tmp_path, max_steps=3, ckpt_path=ckpt)
+
+
+def test_hybrid_student_is_refused_before_training(teacher, tmp_path):
+    module = TwinModule(teacher)
+    module.student = hh.convert(teacher, hh.HeadPlan.from_fa_groups(teacher.config, {1: [1]}))
+    cb = HeadSelectionCallback(output=str(tmp_path / "s.json"), ratio=3.0, **PROBES)
+    with pytest.raises(ValueError, match="not a hybrid student"):
+        _fit(module, cb, tmp_path, logger=False)
+    assert module.steps == 0
+
 
 def test_existing_file_is_reused_or_protected(teacher, tmp_path, monkeypatch):
     out = tmp_path / "sel.json"
