@@ -83,17 +83,18 @@ class _StopAtNewline(StoppingCriteria):
         return torch.isin(new, self.newline_ids.to(new.device)).any(dim=1)
 
 
-_NEWLINE_IDS: dict[int, torch.Tensor] = {}
+_NEWLINE_IDS: dict[int, tuple[Any, torch.Tensor]] = {}
 
 
 def newline_token_ids(tokenizer: Any) -> torch.Tensor:
-    """Ids of every token whose decoded text contains a newline (cached per tokenizer)."""
-    key = id(tokenizer)
-    if key not in _NEWLINE_IDS:
+    """Ids of every token whose decoded text contains a newline (cached per tokenizer object)."""
+    cached = _NEWLINE_IDS.get(id(tokenizer))
+    if cached is None or cached[0] is not tokenizer:  # an id can be reused once a tokenizer is freed
         ids = range(len(tokenizer))
         texts = tokenizer.batch_decode([[i] for i in ids])
-        _NEWLINE_IDS[key] = torch.tensor([i for i, t in zip(ids, texts) if "\n" in t], dtype=torch.long)
-    return _NEWLINE_IDS[key]
+        cached = (tokenizer, torch.tensor([i for i, t in zip(ids, texts) if "\n" in t], dtype=torch.long))
+        _NEWLINE_IDS[id(tokenizer)] = cached
+    return cached[1]
 
 
 def completion_text(tokenizer: Any, new_ids: Sequence[int]) -> str:
@@ -114,11 +115,14 @@ def generate_batch(model: nn.Module, tokenizer: Any, prompts: list[list[int]], m
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
         max_new_tokens=max_new_tokens,
+        # Greedy whatever the model's generation_config suggests (sampling, repetition penalties).
         do_sample=False,
         num_beams=1,
         temperature=None,
         top_p=None,
         top_k=None,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=pad,
         stopping_criteria=StoppingCriteriaList([_StopAtNewline(newline_token_ids(tokenizer), ids.shape[1])]),
