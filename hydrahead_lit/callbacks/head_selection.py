@@ -326,7 +326,8 @@ class HeadSelectionCallback(Callback):
             maps["combined"] = torch.tensor(result["combined"])
         if not maps:
             return
-        fig = heatmap_figure(maps, HeadPlan.from_dict(result["plan"]), title=f"head selection: {result['method']}")
+        plan = HeadPlan.from_dict(result["plan"])
+        fig = heatmap_figure(maps, plan, title=f"head selection by {result['method']}: {plan} (FA groups boxed in red)")
         fig.savefig(self._path.with_suffix(".png"), dpi=100)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
