@@ -26,6 +26,9 @@ class PretrainModule(StageModule):
         tokenizer: str = "demo",
         init_from: str | None = None,
         chunk_size: int = 1024,
+        retrieval_tasks: list[str] | None = None,
+        retrieval_length: int = 256,
+        retrieval_samples: int = 16,
         **kwargs: Any,
     ) -> None:
         """
@@ -34,6 +37,10 @@ class PretrainModule(StageModule):
             tokenizer: local tokenizer directory, or "demo" for the bundled one (saved next to the export).
             init_from: continue from a saved model directory instead of a random initialisation.
             chunk_size: tokens per chunk of the chunked cross entropy.
+            retrieval_tasks: synthetic tasks whose accuracy (greedy, exact answer) is logged after each
+                validation as `val/retrieval_<task>` (e.g. [passkey, niah_single]); none by default.
+            retrieval_length: length in tokens of those samples.
+            retrieval_samples: samples per task.
             **kwargs: see `StageModule` (lr, warmup_steps, trainable, ...).
         """
         super().__init__(**kwargs)
@@ -46,9 +53,15 @@ class PretrainModule(StageModule):
         tok = load_tokenizer(tokenizer)
         if cfg.get("vocab_size", 0) < len(tok):
             raise ValueError(f"model_config.vocab_size={cfg.get('vocab_size')} < the tokenizer's {len(tok)} tokens")
+        from hydrahead_lit.data.synthetic import TASKS
+
+        unknown = sorted(set(retrieval_tasks or []) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown retrieval_tasks {unknown}; choose among {', '.join(TASKS)}")
         self.model_config = cfg
         self._tokenizer = tokenizer
         self.init_from = init_from
+        self.retrieval_tasks = list(retrieval_tasks or [])
 
     @property
     def tokenizer_source(self) -> str | None:
@@ -63,6 +76,24 @@ class PretrainModule(StageModule):
         cfg = dict(self.model_config)
         config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
         self.student = AutoModelForCausalLM.from_config(config)
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if not self.retrieval_tasks or self.trainer.sanity_checking:
+            return
+        from hydrahead_lit.data.prepare import load_tokenizer
+        from hydrahead_lit.eval.ruler import run_cell
+
+        tok = load_tokenizer(self._tokenizer)
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            for task in self.retrieval_tasks:
+                hp = self.hparams
+                cell = run_cell(self.student, tok, task, hp.retrieval_length, hp.retrieval_samples, seed=777)
+                self.log(f"val/retrieval_{task}", cell["score"] / 100.0, prog_bar=True)
+        finally:
+            self.student.train(was_training)
 
     def _loss(self, batch: dict[str, Tensor], prefix: str) -> Tensor:
         x, y, mask = self.split_batch(batch)

@@ -96,3 +96,17 @@ def test_teacher_is_kept_out_of_checkpoints(teacher_dir, twin_dir, tmp_path) -> 
     stage1 = AlignmentModule(teacher=str(teacher_dir))
     with pytest.raises(ValueError, match="resumes the same stage"):
         stage1.on_load_checkpoint(ckpt)
+
+
+def test_pretrain_logs_retrieval_accuracy(tmp_path) -> None:
+    cfg = {
+        "model_type": "qwen3", "vocab_size": 1024, "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+    }  # fmt: skip
+    module = PretrainModule(model_config=cfg, retrieval_tasks=["passkey"], retrieval_length=128, retrieval_samples=2)
+    trainer = _trainer(tmp_path, steps=1, num_sanity_val_steps=0, limit_val_batches=1, val_check_interval=1)
+    trainer.fit(module, train_dataloaders=loader(), val_dataloaders=loader())
+    assert 0.0 <= float(trainer.callback_metrics["val/retrieval_passkey"]) <= 1.0
+    assert "val/ppl" in trainer.callback_metrics
+    with pytest.raises(ValueError, match="retrieval_tasks"):
+        PretrainModule(model_config=cfg, retrieval_tasks=["sudoku"])
