@@ -113,7 +113,7 @@ class EvalModule(pl.LightningModule):
                              "or set held_out_dir: null")  # fmt: skip
         self.tok = load_tokenizer(checkpoint, tokenizer)
         self.haystack = make_haystack(haystack)
-        check_cells_fit(self.tok, self.tasks, self.lengths, self.haystack)
+        check_cells_fit(self.tok, self.tasks, self.lengths, num_samples, seed, self.haystack)
         self.save_hyperparameters()
         self.model: torch.nn.Module | None = None
         self._results: dict[str, Any] = {}

@@ -43,18 +43,32 @@ def check_tasks(tasks: Sequence[str]) -> None:
 
 
 def check_cells_fit(
-    tokenizer: Any, tasks: Sequence[str], lengths: Sequence[int], haystack: Haystack | None = None
+    tokenizer: Any,
+    tasks: Sequence[str],
+    lengths: Sequence[int],
+    num_samples: int,
+    seed: int,
+    haystack: Haystack | None = None,
 ) -> None:
-    """ValueError naming every task too long for the shortest length (its needles, question and answer
-    alone; a task that fits the shortest length fits every longer one, only the filler grows)."""
+    """ValueError naming every task whose samples do not fit the shortest length.
+
+    Builds exactly the samples the suite will use at that length. A sample's needles, question and
+    answer are drawn before its filler and do not depend on the length, so what fits the shortest
+    length fits every longer one.
+    """
     bad, n = [], min(lengths)
     for task in tasks:
-        try:
-            make_sample(task, tokenizer, n, 0, haystack)
-        except ValueError as e:
-            bad.append(str(e))
+        failed = []
+        for i in range(num_samples):
+            try:
+                make_sample(task, tokenizer, n, sample_seed(seed, i), haystack)
+            except ValueError as e:
+                failed.append(str(e))
+        if failed:
+            bad.append(f"{task}: {len(failed)} of {num_samples} samples do not fit {n} tokens, e.g. {failed[0]}")
     if bad:
-        raise ValueError("some cells cannot be built; drop these lengths or tasks:\n  " + "\n  ".join(bad))
+        raise ValueError(f"some cells cannot be built; raise the shortest length ({n}) or drop these tasks:\n  "
+                         + "\n  ".join(bad))  # fmt: skip
 
 
 def new_token_budget(task: str, max_new_tokens: int | dict[str, int] | None) -> int:
