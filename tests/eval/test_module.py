@@ -95,8 +95,8 @@ def test_bad_input_fails_before_loading(model_dirs, tmp_path, kwargs, message) -
 def test_refuses_to_overwrite_results(model_dirs, tmp_path) -> None:
     (tmp_path / "results.json").write_text("{}")
     with pytest.raises(ValueError, match="exists; pass --model.overwrite"):
-        EvalModule(model_dirs["teacher"], output_dir=str(tmp_path), lengths=[256])
-    EvalModule(model_dirs["teacher"], output_dir=str(tmp_path), lengths=[256], overwrite=True)
+        EvalModule(model_dirs["teacher"], output_dir=str(tmp_path), lengths=[256], tasks=["passkey"])
+    EvalModule(model_dirs["teacher"], output_dir=str(tmp_path), lengths=[256], tasks=["passkey"], overwrite=True)
 
 
 def test_config_through_lightning_cli(model_dirs, tmp_path) -> None:
