@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.metadata
 import shlex
 import sys
@@ -104,15 +105,22 @@ def check_hybrid(B: int, T: int, Hfa: int, Hkv: int, Hla: int, D: int) -> None:
     out = hybrid_attention_triton(*xs)
     ref = hybrid_attention_ref(*ref_in)
     dout = torch.randn_like(ref)
-    grads = torch.autograd.grad(out, xs, dout.to(out.dtype))
-    grads_r = torch.autograd.grad(ref, ref_in, dout)
-    names = ["q_fa", "k_fa", "v_fa", "q_la", "k_la", "v_la", "g", "beta", "fa_gain", "la_weight"]
+    used = [i for i, x in enumerate(xs) if x.numel()]  # an all-LA layer has empty FA inputs
+    grads = torch.autograd.grad(out, [xs[i] for i in used], dout.to(out.dtype))
+    grads_r = torch.autograd.grad(ref, [ref_in[i] for i in used], dout)
+    names = [["q_fa", "k_fa", "v_fa", "q_la", "k_la", "v_la", "g", "beta", "fa_gain", "la_weight"][i] for i in used]
     errs = {"out": _rel(out, ref)} | {f"d{n}": _rel(a, b) for n, a, b in zip(names, grads, grads_r)}
     _report(f"hybrid B={B} T={T} Hfa={Hfa} Hkv={Hkv} Hla={Hla}", errs)
 
 
 def check_model_step() -> None:
-    """One training step of a tiny Qwen3 HydraHead student: 'triton' LA backend vs 'torch'."""
+    """One training step of a tiny Qwen3 HydraHead student in bf16: the 'triton' LA backend and the
+    'torch' one, each against the 'torch' backend on a float32 copy of the same student.
+
+    A whole bf16 model step moves gradients by about 2e-2 (relative) from float32 with any backend
+    (measured on CPU for 'torch': 1.8e-2 overall, 4e-2 for the worst parameter), so the check is that
+    'triton' stays within 1.5x of the reference's own bf16 error, not an absolute 1e-2.
+    """
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from hydrahead_lit.modeling.convert import convert
@@ -127,22 +135,31 @@ def check_model_step() -> None:
     teacher = Qwen3ForCausalLM(cfg).cuda().to(torch.bfloat16)
     plan = HeadPlan.from_fa_groups(cfg, {0: [0], 1: [1]})
     ids = torch.randint(0, 256, (2, 300), device="cuda")
+    base = convert(teacher, plan, la_config=LAConfig(backend="torch"), calibration_ids=ids[:, :64])
     results = {}
-    for backend in ("torch", "triton"):
-        student = convert(teacher, plan, la_config=LAConfig(backend=backend), calibration_ids=ids[:, :64])
+    for name, backend, dtype in (("fp32", "torch", torch.float32), ("torch", "torch", torch.bfloat16),
+                                 ("triton", "triton", torch.bfloat16)):  # fmt: skip
+        student = copy.deepcopy(base).to(dtype)
+        for module in student.modules():
+            if hasattr(module, "cfg") and isinstance(module.cfg, LAConfig):
+                module.cfg.backend = backend
         student.train()
         loss = student(input_ids=ids, labels=ids).loss
         loss.backward()
         grads = {n: p.grad.detach().float() for n, p in student.named_parameters() if p.grad is not None}
-        results[backend] = (loss.detach().float(), grads)
-    (l_ref, g_ref), (l_tri, g_tri) = results["torch"], results["triton"]
-    errs = {"loss": _rel(l_tri, l_ref)}
-    per_param = {n: _rel(g_tri[n], g_ref[n]) for n in g_ref if g_ref[n].norm() > 0}
-    worst = max(per_param, key=per_param.get)
-    errs[f"worst grad ({worst})"] = per_param[worst]
-    flat = [torch.cat([g[n].flatten() for n in g_ref]) for g in (g_tri, g_ref)]
-    errs["all grads"] = _rel(*flat)
-    _report(f"model step (Qwen3 tiny, {len(per_param)} grads)", errs)
+        results[name] = (loss.detach().float(), grads)
+    l_ref, g_ref = results["fp32"]
+    flat_ref = torch.cat([g.flatten() for g in g_ref.values()])
+    errs = {}
+    for name in ("torch", "triton"):
+        loss, grads = results[name]
+        errs[f"{name} loss"] = _rel(loss, l_ref)
+        errs[f"{name} grads"] = _rel(torch.cat([grads[n].flatten() for n in g_ref]), flat_ref)
+    ok = errs["triton grads"] <= 1.5 * errs["torch grads"] and errs["triton loss"] <= 1e-2
+    print(f"{'ok  ' if ok else 'FAIL'} model step vs float32 (Qwen3 tiny, bf16): "
+          + ", ".join(f"{n} {e:.1e}" for n, e in errs.items()), flush=True)  # fmt: skip
+    if not ok:
+        FAILURES.append("model step")
 
 
 # --------------------------------------------------------------------------------------------------- timing
@@ -272,16 +289,20 @@ def main() -> None:
     )
     print(env, flush=True)
     if not args.skip_checks:
-        check_gdn(2, 1000, 4, 128)
-        check_gdn(1, 8192 + 37, 2, 128)
-        check_hybrid(2, 1000, 2, 1, 6, 128)  # GQA 2
-        check_hybrid(1, 4096 + 17, 4, 4, 12, 128)  # GQA 1
-        check_hybrid(1, 777, 0, 0, 4, 128)  # all-LA layer
-        try:
-            check_model_step()
-        except Exception:
-            traceback.print_exc()
-            FAILURES.append("model step (error)")
+        checks = [
+            (check_gdn, (2, 1000, 4, 128)),
+            (check_gdn, (1, 8192 + 37, 2, 128)),
+            (check_hybrid, (2, 1000, 2, 1, 6, 128)),  # GQA 2
+            (check_hybrid, (1, 4096 + 17, 4, 4, 12, 128)),  # GQA 1
+            (check_hybrid, (1, 777, 0, 0, 4, 128)),  # all-LA layer
+            (check_model_step, ()),
+        ]
+        for fn, fn_args in checks:
+            try:
+                fn(*fn_args)
+            except Exception:
+                traceback.print_exc()
+                FAILURES.append(f"{fn.__name__}{fn_args} (error)")
         print("checks:", "all passed" if not FAILURES else f"FAILED {FAILURES}", flush=True)
     lines = []
     if not args.skip_bench:

@@ -30,7 +30,7 @@ CHUNK = 64
 
 # Width of the V column blocks of the two state recurrences. They are sequential over chunks, so
 # narrow blocks put more programs side by side (B=1 and few heads otherwise leave most SMs idle).
-STATE_BLOCK_V = 32
+STATE_BLOCK_V = 16  # measured on an H100: 16 beats 32 at T >= 16K (docs/benchmarks.md)
 
 
 def _bv(V: int) -> int:

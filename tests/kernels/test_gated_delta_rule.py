@@ -76,3 +76,25 @@ def test_triton_gated_delta_rule_rejects_what_it_cannot_take():
         chunk_gated_delta_rule_triton(q[..., :12], k[..., :12], v, g, beta)
     with pytest.raises(ValueError, match="chunk_size"):
         chunk_gated_delta_rule_triton(q, k, v, g, beta, chunk_size=24)
+
+
+def test_triton_la_backend_registers_and_expands_gqa():
+    """Importing the kernels registers "triton" (CUDA only); with 2 query heads per KV head the
+    backend matches the reference, gradients summed over the copies of each KV head."""
+    from hydrahead_lit.ops import la_backend
+    from kernels.gated_delta_rule import _la_backend_fn
+
+    assert "triton" in la_backend._REGISTRY
+    assert la_backend._REGISTRY["triton"].unavailable_reason(torch.device("cpu"), True) is not None
+
+    B, T, Hkv, K, V = 1, 40, 2, 16, 16
+    q = F.normalize(torch.randn(B, T, 2 * Hkv, K), dim=-1).requires_grad_()
+    k, v, g, beta, h0 = _inputs(B, T, Hkv, K, V, True)[1:]
+    leaves = [q, k, v, g, beta, h0]
+    o, ht = _la_backend_fn(q, k, v, g, beta, initial_state=h0, output_final_state=True)
+    o_ref, ht_ref = chunk_gated_delta_rule_ref(q, k, v, g, beta, initial_state=h0, output_final_state=True)
+    assert _rel(o, o_ref) < RTOL and _rel(ht, ht_ref) < RTOL
+    grads = torch.autograd.grad(o.square().sum() + ht.sum(), leaves)
+    grads_ref = torch.autograd.grad(o_ref.square().sum() + ht_ref.sum(), leaves)
+    for name, a, b in zip(["q", "k", "v", "g", "beta", "h0"], grads, grads_ref):
+        assert _rel(a, b) < RTOL, name
