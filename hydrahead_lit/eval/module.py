@@ -11,6 +11,7 @@ logs its figures; the end of the epoch writes ``results.json``, ``results.md`` a
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from pathlib import Path
@@ -197,7 +198,8 @@ class EvalModule(pl.LightningModule):
         if is_student(model):
             plan = model.head_plan
             facts.update(kv_cache_fraction=plan.kv_cache_fraction, fa_kv_groups=plan.num_fa_groups,
-                         total_kv_groups=plan.total_groups, la_fa_ratio=plan.ratio)  # fmt: skip
+                         total_kv_groups=plan.total_groups,  # strict JSON has no Infinity: all-LA gets null
+                         la_fa_ratio=None if math.isinf(plan.ratio) else plan.ratio)  # fmt: skip
         device = self.device
         return {
             "name": self.name,
