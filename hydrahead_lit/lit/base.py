@@ -216,9 +216,9 @@ class StageModule(L.LightningModule):
     # ----- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         decay, no_decay = [], []
-        for p in self.student.parameters():
-            if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
+        for name, p in self.student.named_parameters():
+            if p.requires_grad:  # matrices decay; vectors, norms and fusion gains (a [H, D] matrix) do not
+                (decay if p.ndim >= 2 and "norm" not in name and "gain" not in name else no_decay).append(p)
         hp = self.hparams
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.lr, betas=tuple(hp.betas))
