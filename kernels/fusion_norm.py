@@ -21,7 +21,7 @@ def fusion_norm_bwd_kernel(
     dy, o_raw, rstd, weight, do, dw_part, T, H, sdb, sdt, sdh,
     V: tl.constexpr, BT: tl.constexpr,
 ):  # fmt: skip
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # 64-bit offsets for large B*H*T
     b, h = i_bh // H, i_bh % H
     row0 = i_t * BT
     cv = tl.arange(0, V)
@@ -48,6 +48,6 @@ def fusion_norm_backward(
     dw_part = torch.empty(NT, B, H, V, device=o_raw.device, dtype=torch.float32)
     fusion_norm_bwd_kernel[(NT, B * H)](
         dy, o_raw, rstd, weight, do, dw_part, T, H, dy.stride(0), dy.stride(1), dy.stride(2),
-        V=V, BT=chunk, **({} if interpret_mode() else {"num_warps": 4}),
+        V=V, BT=chunk, **({} if interpret_mode() else {"num_warps": 8}),
     )  # fmt: skip
     return do, dw_part.sum((0, 1)).to(weight.dtype)

@@ -43,7 +43,7 @@ def gdn_bwd_du_local_kernel(
 ):  # fmt: skip
     """The in-chunk part of dU, ``scale (M * QK^T)^T dO``: all chunks in parallel, ahead of the
     sequential kernel (which then only adds the part through the end state)."""
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # 64-bit offsets for large B*H*T
     b, h = i_bh // H, i_bh % H
     row0 = i_t * BT
     qq = load_rows_raw(q + b * sqb + h * sqh, row0, T, sqt, BT, K)
@@ -62,7 +62,7 @@ def gdn_bwd_state_kernel(
     K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
     HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
 ):  # fmt: skip
-    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # 64-bit offsets for large B*H*T
     b, h = i_bh // H, i_bh % H
     ck = tl.arange(0, K)
     cv = i_v * BV + tl.arange(0, BV)
@@ -104,7 +104,7 @@ def gdn_bwd_intra_kernel(
 
     Products run on operands in the input dtype (float32 accumulation).
     """
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # 64-bit offsets for large B*H*T
     b, h = i_bh // H, i_bh % H
     row0 = i_t * BT
     ck, ci = tl.arange(0, K), tl.arange(0, BT)
@@ -160,7 +160,7 @@ def gdn_bwd_wy_kernel(
     K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BVI: tl.constexpr,
 ):  # fmt: skip
     """The WY factors U = T diag(beta) V - T diag(beta e^G) K S0: dv, dbeta, and dk, dg completed."""
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # 64-bit offsets for large B*H*T
     b, h = i_bh // H, i_bh % H
     row0 = i_t * BT
     ck = tl.arange(0, K)

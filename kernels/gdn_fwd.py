@@ -44,7 +44,7 @@ def gdn_fwd_prep_kernel(
     skb, skt, skh, svb, svt, svh, sgb, sgt, sgh, sbb, sbt, sbh,
     K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, LOG2_BT: tl.constexpr,
 ):  # fmt: skip
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # 64-bit offsets for large B*H*T
     b, h = i_bh // H, i_bh % H
     row0 = i_t * BT
     kk = load_rows_raw(k + b * skb + h * skh, row0, T, skt, BT, K)
@@ -71,7 +71,7 @@ def gdn_fwd_state_kernel(
     K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
 ):  # fmt: skip
-    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # 64-bit offsets for large B*H*T
     b, h = i_bh // H, i_bh % H
     ck = tl.arange(0, K)
     cv = i_v * BV + tl.arange(0, BV)
@@ -104,7 +104,7 @@ def gdn_fwd_out_kernel(
     sqb, sqt, sqh, skb, skt, skh, sob, sot, soh,
     K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, FUSE_NORM: tl.constexpr,
 ):  # fmt: skip
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # 64-bit offsets for large B*H*T
     b, h = i_bh // H, i_bh % H
     row0 = i_t * BT
     qq = load_rows_raw(q + b * sqb + h * sqh, row0, T, sqt, BT, K)
