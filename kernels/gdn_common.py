@@ -105,3 +105,49 @@ def wy_matrices(k, beta, G, BT: tl.constexpr, LOG2_BT: tl.constexpr):
         Apow = tl.dot(Apow, Apow)
         P = P + tl.dot(P, Apow)
     return A, P
+
+
+@triton.jit
+def chunk_coords(i_t, i_bh, H, T, cu_seqlens, chunk_indices, IS_VARLEN: tl.constexpr):
+    """Where the chunk of a chunk-parallel program lies: ``(b, h, bos, Tn, c)``.
+
+    ``bos`` is the first step of its sequence within row ``b``, ``Tn`` the sequence's length and ``c``
+    the chunk's index within it. Dense inputs: one sequence per batch row (grid ``(NT, B*H)``).
+    Packed ones (``cu_seqlens``, B = 1): grid ``(total chunks, H)`` and ``chunk_indices`` holds
+    ``(sequence, chunk)`` per program. In both, the chunk's start state is number
+    ``(b*H + h)*NT + i_t`` of the stored states.
+    """
+    if IS_VARLEN:
+        n = tl.load(chunk_indices + 2 * i_t).to(tl.int64)
+        c = tl.load(chunk_indices + 2 * i_t + 1)
+        bos = tl.load(cu_seqlens + n).to(tl.int64)
+        Tn = (tl.load(cu_seqlens + n + 1) - bos).to(tl.int32)
+        b = i_bh * 0
+        h = i_bh
+    else:
+        b = i_bh // H
+        h = i_bh % H
+        bos = i_bh * 0
+        Tn = T
+        c = i_t
+    return b, h, bos, Tn, c
+
+
+@triton.jit
+def seq_coords(i_nh, H, T, NT, cu_seqlens, chunk_offsets, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """The sequence of a state-recurrence program (grid ``(V blocks, N*H)``):
+    ``(b, h, bos, Tn, NTn, chunk0)``, ``chunk0`` being its first chunk among the stored states."""
+    b = i_nh // H
+    h = i_nh % H
+    if IS_VARLEN:
+        b = i_nh * 0
+        bos = tl.load(cu_seqlens + i_nh // H).to(tl.int64)
+        Tn = (tl.load(cu_seqlens + i_nh // H + 1) - bos).to(tl.int32)
+        NTn = tl.cdiv(Tn, BT)
+        chunk0 = tl.load(chunk_offsets + i_nh // H).to(tl.int64)
+    else:
+        bos = i_nh * 0
+        Tn = T
+        NTn = NT
+        chunk0 = i_nh * 0
+    return b, h, bos, Tn, NTn, chunk0

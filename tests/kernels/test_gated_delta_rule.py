@@ -98,3 +98,40 @@ def test_triton_la_backend_registers_and_expands_gqa():
     grads_ref = torch.autograd.grad(o_ref.square().sum() + ht_ref.sum(), leaves)
     for name, a, b in zip(["q", "k", "v", "g", "beta", "h0"], grads, grads_ref):
         assert _rel(a, b) < RTOL, name
+
+
+def test_triton_gated_delta_rule_packed_sequences():
+    """cu_seqlens: each packed document runs from its own initial state, as if run alone."""
+    lengths = [20, 37, 0, 9]  # chunk tails, a multi-chunk document, an empty one
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    T, H, K, V = sum(lengths), 2, 16, 32
+    q, k, v, g, beta, _ = _inputs(1, T, H, K, V, False)
+    h0 = torch.randn(len(lengths), H, K, V, requires_grad=True)
+    o, ht = chunk_gated_delta_rule_triton(
+        q, k, v, g, beta, initial_state=h0, output_final_state=True, chunk_size=16, cu_seqlens=cu
+    )
+    outs, states = [], []
+    for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        if b == a:  # an empty document keeps its initial state
+            outs.append(torch.zeros(1, 0, H, V))
+            states.append(h0[n : n + 1])
+            continue
+        o_n, ht_n = chunk_gated_delta_rule_ref(
+            *(x[:, a:b] for x in (q, k, v, g, beta)), initial_state=h0[n : n + 1], output_final_state=True
+        )
+        outs.append(o_n)
+        states.append(ht_n)
+    o_ref, ht_ref = torch.cat(outs, dim=1), torch.cat(states, dim=0)
+    assert _rel(o, o_ref) < RTOL and _rel(ht, ht_ref) < RTOL
+
+    do, dht = torch.randn_like(o), torch.randn_like(ht)
+    leaves = [q, k, v, g, beta, h0]
+    grads = torch.autograd.grad((o * do).sum() + (ht * dht).sum(), leaves)
+    grads_ref = torch.autograd.grad((o_ref * do).sum() + (ht_ref * dht).sum(), leaves)
+    for name, a, b in zip(["q", "k", "v", "g", "beta", "h0"], grads, grads_ref):
+        assert _rel(a, b) < RTOL, name
+
+    with pytest.raises(ValueError, match="B must be 1"):
+        chunk_gated_delta_rule_triton(*(x.expand(2, *x.shape[1:]) for x in (q, k, v, g, beta)), cu_seqlens=cu)
+    with pytest.raises(ValueError, match="rise from 0"):
+        chunk_gated_delta_rule_triton(q, k, v, g, beta, cu_seqlens=torch.tensor([0, 30, 20, T]))
