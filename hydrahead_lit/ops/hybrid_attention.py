@@ -21,7 +21,7 @@ from torch import Tensor
 
 from hydrahead_lit.ops.gated_delta_rule import chunk_gated_delta_rule_ref
 
-__all__ = ["hybrid_attention", "hybrid_attention_ref", "register_triton_backends", "triton_available"]
+__all__ = ["check_hybrid_inputs", "hybrid_attention", "hybrid_attention_ref", "triton_available"]
 
 logger = logging.getLogger("hydrahead_lit")
 
@@ -99,8 +99,7 @@ def hybrid_attention_ref(
 
 @functools.cache
 def triton_available() -> bool:
-    """True when CUDA and the project's Triton kernels import (the kernels also register the
-    ``"triton"`` LA backend as a side effect)."""
+    """True when CUDA is present and the project's Triton kernels import."""
     if not torch.cuda.is_available():
         return False
     try:
@@ -109,12 +108,6 @@ def triton_available() -> bool:
         logger.warning("Triton hybrid attention unavailable (%s: %s)", type(err).__name__, err)
         return False
     return True
-
-
-def register_triton_backends() -> bool:
-    """Import the Triton kernels where they can run, which registers the ``"triton"`` LA backend.
-    Returns whether they are available. Safe to call any number of times."""
-    return triton_available()
 
 
 def hybrid_attention(
@@ -145,6 +138,3 @@ def hybrid_attention(
 
     return hybrid_attention_triton(*args, eps=eps, fa_scale=fa_scale, la_scale=la_scale)
 
-
-if torch.cuda.is_available():  # make the "triton" LA backend known to the dispatcher on GPU machines
-    register_triton_backends()
