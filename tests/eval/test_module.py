@@ -105,13 +105,14 @@ def test_config_through_lightning_cli(model_dirs, tmp_path) -> None:
 
     args = ["test", "--config", str(ROOT / "configs/eval/ruler.yaml"), "--model.checkpoint", model_dirs["teacher"],
             "--model.output_dir", str(tmp_path / "run"), "--model.lengths", "[256]", "--model.num_samples", "1",
-            "--model.tasks", "[passkey]", "--model.max_new_tokens", "2", "--model.repeats", "1",
+            "--model.tasks", "[passkey]", "--model.repeats", "1",
             "--model.decode_tokens", "1", "--model.held_out_dir", "null",
             "--trainer.logger.init_args.save_dir", str(tmp_path / "tb"),
             "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]  # fmt: skip
     build_cli(args)
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["config"]["tasks"] == ["passkey"] and set(res["ruler"]["passkey"]) == {"256"}
+    assert res["config"]["max_new_tokens"]["passkey"] == 10  # the per-task budgets of the YAML
 
 
 @pytest.mark.gpu
