@@ -128,3 +128,19 @@ def test_student_on_gpu(model_dirs, tmp_path) -> None:
     assert res["device"] == torch.cuda.get_device_name(0)
     assert res["efficiency"]["256"]["peak_memory_bytes"] > 0
     assert res["efficiency"]["256"]["cache_bytes"] == res["efficiency"]["256"]["cache_bytes_analytic"]
+
+
+def test_datamodule_serves_the_modules_jobs(model_dirs, tmp_path) -> None:
+    from hydrahead_lit.eval.datamodule import EvalDataModule, eval_jobs
+
+    jobs = eval_jobs(["a", "b"], [1, 2], held_out=True, efficiency_lengths=[2])
+    assert [(j["kind"], j["task"], j["length"]) for j in jobs] == [
+        ("ruler", "a", 1), ("ruler", "a", 2), ("ruler", "b", 1), ("ruler", "b", 2), ("perplexity", "", 0),
+        ("efficiency", "", 2),
+    ]  # fmt: skip
+    module = EvalModule(model_dirs["teacher"], output_dir=str(tmp_path / "dm"), tasks=["passkey"], lengths=[160],
+                        num_samples=1, max_new_tokens=2, efficiency=False)  # fmt: skip
+    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.test(module, datamodule=EvalDataModule())
+    res = json.loads((tmp_path / "dm" / "results.json").read_text())
+    assert set(res["ruler"]["passkey"]) == {"160"} and res["efficiency"] is None
