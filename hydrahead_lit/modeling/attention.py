@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from hydrahead_lit.modeling.fusion import ScaleNormFusion
 from hydrahead_lit.modeling.linear_heads import GatedDeltaNetHeads, HeadRMSNorm, LAConfig, apply_rope
+from hydrahead_lit.ops.hybrid_attention import hybrid_attention
+from hydrahead_lit.ops.hybrid_attention import triton_available as hybrid_triton_available
 
 
 def _attention_function(config: Any) -> Callable:
@@ -104,9 +106,8 @@ class HybridAttention(nn.Module):
         causal = torch.arange(k.shape[2], device=q.device)[None, :] > (rows[:, None] + offset)
         self.probe_attn = scores.masked_fill(causal, float("-inf")).softmax(-1)
 
-    def _fa_forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, attention_mask: Tensor | None, cache_layer: Any, **kwargs: Any
-    ) -> Tensor:
+    def _fa_qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """FA queries, keys (normed as the teacher does, rotated) and values, [B, T, heads, D]."""
         B, T, _ = x.shape
         D = self.head_dim
         q = self.q_proj(x).view(B, T, -1, D)
@@ -114,7 +115,12 @@ class HybridAttention(nn.Module):
         v = self.v_proj(x).view(B, T, -1, D)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def _fa_forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, attention_mask: Tensor | None, cache_layer: Any, **kwargs: Any
+    ) -> Tensor:
+        q, k, v = self._fa_qkv(x, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache_layer is not None:
             k, v = cache_layer.update(k, v)
@@ -133,6 +139,32 @@ class HybridAttention(nn.Module):
             **kwargs,
         )
         return out  # [B, T, Hfa, D]
+
+    def _fused_path_applies(self, x: Tensor, attention_mask: Tensor | None, cache_layer: Any) -> bool:
+        """The fused Triton op covers causal training/prefill without cache, padding mask, sliding window,
+        output gate, and with SDPA as the FA function; everything else takes the composed path."""
+        if not (x.is_cuda and self.num_la_heads and cache_layer is None and attention_mask is None):
+            return False
+        if self.sliding_window is not None or self.la.g_proj is not None or self.probe_rows is not None:
+            return False
+        if self.la.cfg.backend not in ("auto", "triton") or getattr(self.config, "_attn_implementation", "") != "sdpa":
+            return False
+        return hybrid_triton_available()
+
+    def _fused_forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        D = self.head_dim
+        if self.num_fa_heads:
+            q_fa, k_fa, v_fa = self._fa_qkv(x, cos, sin)
+            fa_gain = self.fusion.fa_gain
+        else:
+            q_fa = k_fa = v_fa = x.new_empty(B, T, 0, D)
+            fa_gain = x.new_empty(0)
+        q, k, v, g, beta = self.la.rule_inputs(x, cos, sin)
+        return hybrid_attention(
+            q_fa, k_fa, v_fa, q, k, v, g, beta, fa_gain, self.fusion.la_gain,
+            eps=self.fusion.eps, fa_scale=self.scaling, backend="triton" if x.is_cuda else "torch",
+        )  # fmt: skip
 
     def forward(
         self,
@@ -164,6 +196,8 @@ class HybridAttention(nn.Module):
                 fa = fa.clone()
                 fa[:, :, self.patch_heads] = la[:, :, self.patch_heads].to(fa.dtype)
             return self.o_proj(fa.reshape(B, T, -1)), None
+        if self._fused_path_applies(hidden_states, attention_mask, cache_layer):
+            return self.o_proj(self._fused_forward(hidden_states, cos, sin).reshape(B, T, -1)), None
         parts = []
         if self.num_fa_heads:
             parts.append(

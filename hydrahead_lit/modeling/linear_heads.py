@@ -135,8 +135,11 @@ class GatedDeltaNetHeads(nn.Module):
             self.g_proj.weight.zero_()
             self.g_proj.bias.fill_(4.0)
 
-    def forward(self, x: Tensor, cos: Tensor | None, sin: Tensor | None, state: dict | None = None) -> Tensor:
-        """Run the heads; `state` (a dict with 'recurrent' and 'conv' entries) is read and updated."""
+    def rule_inputs(
+        self, x: Tensor, cos: Tensor | None, sin: Tensor | None, state: dict | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """q, k (L2-normalised), v [B, T, H, D] and g, beta [B, T, H] of the gated delta rule; updates the
+        conv state in `state` when given."""
         B, T, _ = x.shape
         H, D = self.num_heads, self.head_dim
         qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
@@ -156,6 +159,12 @@ class GatedDeltaNetHeads(nn.Module):
         k = F.normalize(k.float(), dim=-1).to(v.dtype)
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())
         beta = torch.sigmoid(self.b_proj(x).float())
+        return q, k, v, g, beta
+
+    def forward(self, x: Tensor, cos: Tensor | None, sin: Tensor | None, state: dict | None = None) -> Tensor:
+        """Run the heads; `state` (a dict with 'recurrent' and 'conv' entries) is read and updated."""
+        B, T, _ = x.shape
+        q, k, v, g, beta = self.rule_inputs(x, cos, sin, state)
         initial = None if state is None else state.get("recurrent")
         o, final = gated_delta_rule(
             q, k, v, g, beta, initial_state=initial, output_final_state=state is not None, backend=self.cfg.backend
@@ -163,5 +172,5 @@ class GatedDeltaNetHeads(nn.Module):
         if state is not None:
             state["recurrent"] = final
         if self.g_proj is not None:
-            o = o * torch.sigmoid(self.g_proj(x)).view(B, T, H, D).to(o.dtype)
+            o = o * torch.sigmoid(self.g_proj(x)).view(B, T, self.num_heads, self.head_dim).to(o.dtype)
         return o

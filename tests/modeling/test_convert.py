@@ -186,3 +186,25 @@ def test_patching_replaces_only_the_chosen_heads():
     assert not torch.allclose(base, patched)
     with torch.no_grad():
         assert torch.equal(twin(ids).logits, base)
+
+
+@pytest.mark.parametrize("fa_groups", [[1], [], [0, 1]], ids=["mixed", "all_la", "all_fa"])
+def test_fused_op_wiring_equals_composed_path(fa_groups):
+    """The fused hybrid op (Triton on CUDA; its PyTorch reference here) gets the same q/k/v, gates, gains
+    and scale as the composed path: equal layer outputs."""
+    teacher = tiny_teacher("qwen3")
+    student = hh.convert(teacher, hh.HeadPlan.from_fa_groups(teacher.config, {0: fa_groups, 1: fa_groups}))
+    attn = student.model.layers[0].self_attn
+    if attn.la is None:
+        pytest.skip("no LA heads: the fused op is not used")
+    with torch.no_grad():
+        attn.fusion.la_gain.uniform_(0.5, 2.0)
+        if attn.fusion.fa_gain is not None:
+            attn.fusion.fa_gain.uniform_(0.5, 2.0)
+    x = torch.randn(2, 19, teacher.config.hidden_size)
+    pos = torch.arange(19)[None].expand(2, -1)
+    cos, sin = student.model.rotary_emb(x, pos)
+    with torch.no_grad():
+        composed, _ = attn(x, position_embeddings=(cos, sin), attention_mask=None)
+        fused = attn.o_proj(attn._fused_forward(x, cos, sin).reshape(2, 19, -1))
+    assert (fused - composed).abs().max().item() <= 1e-5
