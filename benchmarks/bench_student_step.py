@@ -77,29 +77,36 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = qwen3_1p7b_config(max(args.lengths))
     with torch.device("cuda"):
-        teacher = transformers.Qwen3ForCausalLM(cfg).to(torch.bfloat16).eval()
-    if args.checkpointing:
-        teacher.gradient_checkpointing_enable()
+        # train() so that activation checkpointing (active in training mode only) applies; dropout is 0
+        teacher = transformers.Qwen3ForCausalLM(cfg).to(torch.bfloat16).train()
     dev = torch.device("cuda")
     print(f"LA backend: training={select_la_backend(dev, True)}, inference={select_la_backend(dev, False)}")
-    rows = []
-    models = [("teacher (SDPA, 16 FA heads)", teacher)]
-    for r in args.plans:
-        student = hh.convert(teacher, plan_one_group_per_layer(cfg, r))
+    results: dict[tuple[int, str], tuple | None] = {}
+    names = ["teacher (SDPA, 16 FA heads)"] + [f"student {r}:1" for r in args.plans]
+    for name, ratio in zip(names, [None, *args.plans]):
+        # one model on the GPU at a time (besides the teacher the students are converted from)
+        model = teacher if ratio is None else hh.convert(teacher, plan_one_group_per_layer(cfg, ratio)).train()
         if args.checkpointing:
-            student.gradient_checkpointing_enable()
-        models.append((f"student {r}:1", student))
-    for T in args.lengths:
-        ids = torch.randint(0, cfg.vocab_size, (1, T), device="cuda")
-        base = None
-        for name, model in models:
+            model.gradient_checkpointing_enable()
+        for T in args.lengths:
+            ids = torch.randint(0, cfg.vocab_size, (1, T), device="cuda", generator=None)
             try:
-                f, fb, mem = measure(model, ids)
+                results[T, name] = measure(model, ids)
             except torch.OutOfMemoryError:
-                rows.append((T, name, "OOM", "", "", "", ""))
+                results[T, name] = None
                 torch.cuda.empty_cache()
+        if model is not teacher:
+            del model
+            torch.cuda.empty_cache()
+    rows = []
+    for T in args.lengths:
+        base = results[T, names[0]]
+        for name in names:
+            r = results[T, name]
+            if r is None or base is None:
+                rows.append((T, name, "OOM", "", "", "", ""))
                 continue
-            base = base or (f, fb)
+            f, fb, mem = r
             rows.append((T, name, f"{f:.1f}", f"{fb:.1f}", f"{T / f * 1e3:,.0f}", f"{T / fb * 1e3:,.0f}",
                          f"{f / base[0]:.2f} / {fb / base[1]:.2f}  ({mem:.1f} GiB)"))
     print("\n| T | model | fwd ms | fwd+bwd ms | fwd tok/s | fwd+bwd tok/s | vs teacher (fwd / fwd+bwd), peak mem |")
