@@ -67,11 +67,24 @@ def measure(model, ids: torch.Tensor) -> tuple[float, float, float]:
     return f, fb, torch.cuda.max_memory_allocated() / 2**30
 
 
+def profile_forward(model, ids: torch.Tensor) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        model.model(input_ids=ids, use_cache=False)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            model.model(input_ids=ids, use_cache=False)
+            torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384])
     p.add_argument("--plans", type=int, nargs="+", default=[7, 3], help="LA:FA ratios")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per layer")
+    p.add_argument("--profile", action="store_true", help="print the top CUDA kernels of one student forward")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(0)
@@ -95,6 +108,8 @@ def main() -> None:
             except torch.OutOfMemoryError:
                 results[T, name] = None
                 torch.cuda.empty_cache()
+        if args.profile and model is not teacher:
+            profile_forward(model, torch.randint(0, cfg.vocab_size, (1, args.lengths[0]), device="cuda"))
         if model is not teacher:
             del model
             torch.cuda.empty_cache()
