@@ -125,9 +125,7 @@ def demo_documents(n: int, seed: int) -> Iterator[str]:
     rng = random.Random(f"demo-docs-{seed}")
     for _ in range(n):
         grammar = _Grammar(rng)
-        paragraphs = [
-            " ".join(grammar.sentence() for _ in range(rng.randint(3, 8))) for _ in range(rng.randint(1, 4))
-        ]
+        paragraphs = [" ".join(grammar.sentence() for _ in range(rng.randint(3, 8))) for _ in range(rng.randint(1, 4))]
         yield "\n\n".join(paragraphs)
 
 
@@ -152,8 +150,7 @@ def demo_tokenizer():
 
     if not (DEMO_TOKENIZER_DIR / "tokenizer.json").is_file():
         raise FileNotFoundError(
-            f"demo tokenizer missing at {DEMO_TOKENIZER_DIR}; regenerate it with "
-            "`python data/demo/make_tokenizer.py`"
+            f"demo tokenizer missing at {DEMO_TOKENIZER_DIR}; regenerate it with `python data/demo/make_tokenizer.py`"
         )
     return AutoTokenizer.from_pretrained(str(DEMO_TOKENIZER_DIR), local_files_only=True)
 

@@ -6,7 +6,8 @@ a sentence starts, so needles can be inserted between sentences. Sources:
 * ``procedural`` (default): sentences of the bundled demo grammar (no third-party text);
 * ``noise``: RULER's repeated filler sentences;
 * ``texts``: any strings (split into sentences), read consecutively from a random start;
-* ``corpus``: the token stream of a prepared corpus directory (must use the same tokenizer).
+* ``corpus``: the token stream of a prepared corpus directory (must use the same tokenizer);
+* ``tokens``: a given token stream (e.g. the corpus row a synthetic sample replaces).
 """
 
 from __future__ import annotations
@@ -40,9 +41,12 @@ class Haystack:
         corpus_dir: str | Path | None = None,
         pool_size: int = 4096,
         seed: int = 0,
+        token_ids: list[int] | None = None,
     ) -> None:
-        if kind not in ("procedural", "noise", "texts", "corpus"):
-            raise ValueError(f"unknown haystack kind {kind!r}; use procedural, noise, texts or corpus")
+        if kind not in ("procedural", "noise", "texts", "corpus", "tokens"):
+            raise ValueError(f"unknown haystack kind {kind!r}; use procedural, noise, texts, corpus or tokens")
+        if kind == "tokens" and not token_ids:
+            raise ValueError("a 'tokens' haystack needs a non-empty list of token ids")
         if kind == "texts" and not texts:
             raise ValueError("a 'texts' haystack needs a non-empty list of texts")
         if kind == "corpus" and corpus_dir is None:
@@ -51,11 +55,12 @@ class Haystack:
         self.pool_size = pool_size
         self.seed = seed
         self.corpus_dir = None if corpus_dir is None else str(corpus_dir)
+        self.token_ids = None if token_ids is None else [int(t) for t in token_ids]
         self._sentences: list[str] | None = None
         if kind == "texts":
             self._sentences = [s for t in texts for s in _SENTENCE_SPLIT.split(t.strip()) if s]
         # Per-tokenizer caches: tokenized sentence pool, or corpus reader + sentence-end ids.
-        self._pools: dict[int, tuple[object, list[list[int]]]] = {}
+        self._pools: dict = {}
         self._corpus: dict[int, tuple[object, object, frozenset[int]]] = {}
 
     @classmethod
@@ -73,6 +78,10 @@ class Haystack:
     @classmethod
     def from_corpus(cls, corpus_dir: str | Path) -> Haystack:
         return cls("corpus", corpus_dir=corpus_dir)
+
+    @classmethod
+    def from_token_ids(cls, token_ids: list[int]) -> Haystack:
+        return cls("tokens", token_ids=token_ids)
 
     def __getstate__(self) -> dict:
         # Caches hold tokenizers and litdata readers: rebuild them lazily in worker processes.
@@ -127,10 +136,8 @@ class Haystack:
 
         from hydrahead_lit.data.manifest import Manifest, validate
 
-        validate(Manifest.load(self.corpus_dir), tokenizer)
-        ds = StreamingDataset(
-            self.corpus_dir, item_loader=TokensLoader(block_size=_CORPUS_BLOCK), shuffle=False
-        )
+        validate(Manifest.load(self.corpus_dir), tokenizer, self.corpus_dir)
+        ds = StreamingDataset(self.corpus_dir, item_loader=TokensLoader(block_size=_CORPUS_BLOCK), shuffle=False)
         ends = sentence_end_ids(tokenizer)
         self._corpus[id(tokenizer)] = (tokenizer, ds, ends)
         return ds, ends
@@ -145,10 +152,16 @@ class Haystack:
         while len(ids) < n:
             ids.extend(int(t) for t in ds[block % n_blocks])
             block += 1
-        ids = ids[:n]
-        eos = tokenizer.eos_token_id
-        starts = [0] + [i + 1 for i, t in enumerate(ids[:-1]) if t in ends or t == eos]
-        return ids, starts
+        return ids[:n], _starts(ids[:n], ends, tokenizer.eos_token_id)
+
+    def _token_fill(self, tokenizer, n: int) -> tuple[list[int], list[int]]:
+        key = ("ends", id(tokenizer))
+        cached = self._pools.get(key)
+        if cached is None or cached[0] is not tokenizer:
+            cached = self._pools[key] = (tokenizer, sentence_end_ids(tokenizer))
+        reps = -(-n // len(self.token_ids))
+        ids = (self.token_ids * reps)[:n]
+        return ids, _starts(ids, cached[1], tokenizer.eos_token_id)
 
     # ------------------------------------------------------------------ public
     def fill(self, tokenizer, n: int, rng: random.Random) -> tuple[list[int], list[int]]:
@@ -157,6 +170,8 @@ class Haystack:
             return [], [0]
         if self.kind == "corpus":
             return self._corpus_fill(tokenizer, n, rng)
+        if self.kind == "tokens":
+            return self._token_fill(tokenizer, n)
         return self._text_fill(tokenizer, n, rng)
 
 
@@ -194,6 +209,11 @@ def _exact_fit(pool: list[list[int]], n: int, rng: random.Random) -> list[list[i
         chosen.append(pool[rng.randrange(len(pool))])
         left -= len(chosen[-1])
     return chosen
+
+
+def _starts(ids: list[int], ends: frozenset[int], eos: int | None) -> list[int]:
+    """Sentence starts in a token stream: 0 and every position after a sentence end or EOS."""
+    return [0] + [i + 1 for i, t in enumerate(ids[:-1]) if t in ends or t == eos]
 
 
 def sentence_end_ids(tokenizer) -> frozenset[int]:

@@ -317,28 +317,18 @@ def _variable_tracking(
     values: set[str] = set()
     chains = []  # chain c: (value, [var_0 .. var_hops]) with var_0 = value, var_i = var_{i-1}
     for _ in range(num_chains):
-        chains.append(
-            (b.number(value_digits, values), [_variable_name(b, names) for _ in range(num_hops + 1)])
-        )
+        chains.append((b.number(value_digits, values), [_variable_name(b, names) for _ in range(num_hops + 1)]))
     statements: list[tuple[int, int, _Needle]] = []
     for c, (value, chain) in enumerate(chains):
         for hop, var in enumerate(chain):
             rhs = b.ids(" " + value) if hop == 0 else b.ids(" VAR") + b.ids(" " + chain[hop - 1])
-            needle = (
-                _Needle()
-                .add(b.ids(" VAR"))
-                .add(b.ids(" " + var), "var")
-                .add(b.ids(" ="))
-                .add(rhs)
-                .add(b.ids("."))
-            )
+            needle = _Needle().add(b.ids(" VAR")).add(b.ids(" " + var), "var").add(b.ids(" =")).add(rhs).add(b.ids("."))
             statements.append((hop, c, needle))
     statements.sort(key=lambda s: (s[0], s[1]))  # hops in order, chains interleaved (as in RULER)
     needles = [s[2] for s in statements]
     value, chain = chains[0]
     where = [
-        (next(i for i, s in enumerate(statements) if s[1] == 0 and s[0] == hop), "var")
-        for hop in range(num_hops + 1)
+        (next(i for i, s in enumerate(statements) if s[1] == 0 and s[0] == hop), "var") for hop in range(num_hops + 1)
     ]
     question = f"\nQuestion: Find all variables that are assigned the value {value} in the text above."
     prefix = (
@@ -406,8 +396,7 @@ def template_texts() -> list[str]:
         "What are all the special magic numbers for quiet-river, red-fox and old-tower mentioned in the "
         "provided text? The special magic numbers for quiet-river mentioned in the provided text are "
         "7654321.",
-        "The pass key is 12345. Remember it. 12345 is the pass key. What is the pass key? "
-        "The pass key is 12345.",
+        "The pass key is 12345. Remember it. 12345 is the pass key. What is the pass key? The pass key is 12345.",
         "quiet-river: 1234. What are the numbers for quiet-river and red-fox? The numbers are 1234, 5678.",
         "VAR ABCDE = 12345. VAR FGHIJ = VAR ABCDE. Question: Find all variables that are assigned the "
         "value 12345 in the text above. Answer: According to the chain(s) of variable assignment in the "

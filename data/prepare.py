@@ -1,0 +1,62 @@
+"""Tokenize a text corpus into LitData chunks for HydraHead training.
+
+Example:
+    python data/prepare.py --tokenizer /models/Qwen3-1.7B --input "corpus/**/*.jsonl" \
+        --output data/optimized/corpus --seq-len 4096 --num-workers 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from hydrahead_lit.data.demo import write_demo_corpus  # noqa: E402
+from hydrahead_lit.data.prepare import DEFAULT_CHUNK_BLOCKS, prepare_corpus, verify_prepared  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--input", nargs="+", help="files, directories or globs (.txt/.md, .jsonl, .parquet; .gz ok)")
+    p.add_argument("--output", required=True, help="directory to create (must be empty unless --overwrite)")
+    p.add_argument("--tokenizer", required=True, help="local tokenizer/model directory (the teacher's) or 'demo'")
+    p.add_argument("--seq-len", type=int, required=True, help="training sequence length; rows hold seq_len + 1")
+    p.add_argument("--text-field", default="text", help="JSONL key / Parquet column holding the text")
+    p.add_argument("--num-workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes")
+    p.add_argument("--chunk-blocks", type=int, default=DEFAULT_CHUNK_BLOCKS, help="rows of seq_len + 1 per chunk")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output (only after success)")
+    p.add_argument("--verify", action="store_true", help="after writing, re-read every chunk and check its hash")
+    p.add_argument(
+        "--demo-docs", type=int, default=0, help="write N procedural demo documents to <output>.src and use them"
+    )
+    args = p.parse_args(argv)
+    inputs = args.input
+    if args.demo_docs:
+        src = Path(args.output).with_suffix(".src")
+        write_demo_corpus(src, args.demo_docs, seed=0)
+        inputs = [str(src)]
+    if not inputs:
+        p.error("give --input (or --demo-docs N)")
+    m = prepare_corpus(
+        inputs,
+        args.output,
+        args.tokenizer,
+        args.seq_len,
+        text_field=args.text_field,
+        num_workers=args.num_workers,
+        overwrite=args.overwrite,
+        chunk_blocks=args.chunk_blocks,
+    )
+    if args.verify:
+        verify_prepared(args.output, full=True)
+    print(
+        f"wrote {args.output}: {m.num_tokens:,} tokens, {m.num_documents:,} documents, {m.num_chunks} chunks, "
+        f"{m.num_blocks:,} rows of {m.block_size} tokens ({m.dtype}, tokenizer {m.tokenizer_fingerprint})"
+    )
+
+
+if __name__ == "__main__":
+    main()
