@@ -13,6 +13,7 @@ and each answer token is the very token id that appears in the needle it is copi
 
 from __future__ import annotations
 
+import functools
 import inspect
 import random
 from dataclasses import dataclass, field
@@ -88,8 +89,15 @@ class _Builder:
 
     def ids(self, text: str) -> list[int]:
         if text not in self._pieces:
-            self._pieces[text] = encode(self.tok, text)
+            self._pieces[text] = list(_encode_cached(self.tok, text))
         return self._pieces[text]
+
+    def prefetch(self, texts: list[str]) -> None:
+        """Tokenize many pieces in one batch call (per-call overhead dominates for short pieces)."""
+        todo = sorted({t for t in texts if t not in self._pieces})
+        if todo:
+            batch = self.tok(todo, add_special_tokens=False)["input_ids"]
+            self._pieces.update((t, list(ids)) for t, ids in zip(todo, batch))
 
     def number(self, digits: int, taken: set[str]) -> str:
         while True:
@@ -153,6 +161,12 @@ class _Builder:
                 sources.extend(range(start, start + len(ids)))
         meta = {"depths": list(depths), "filler_tokens": n_fill, **(metadata or {})}
         return RetrievalSample(self.task, input_ids, answer_ids, answers, spans, sources, seed, meta)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _encode_cached(tokenizer, text: str) -> tuple[int, ...]:
+    # Templates recur in every sample; random keys and values just cycle through the cache.
+    return tuple(encode(tokenizer, text))
 
 
 def _join_answer(b: _Builder, values: list[str], where: list[tuple[int, str]], sep: str = ",") -> list:
@@ -251,8 +265,10 @@ def _mqar(
     needles: list[_Needle] = []
     pairs: list[tuple[str, str]] = []
     used, budget = 0, length - len(b.ids(_MQAR_HEADER))
-    while len(pairs) < (max_pairs if num_pairs is None else num_pairs):
-        key, value = b.word_key(keys_taken), b.number(value_digits, values_taken)
+    target = max_pairs if num_pairs is None else num_pairs
+    candidates = [(b.word_key(keys_taken), b.number(value_digits, values_taken)) for _ in range(target)]
+    b.prefetch([" " + x for pair in candidates for x in pair])
+    for key, value in candidates:
         needle = _Needle().add(b.ids(" " + key), "key").add(b.ids(":")).add(b.ids(" " + value), "value")
         needle.add(b.ids("."))
         if num_pairs is None and used + len(needle.ids) > budget and len(pairs) >= num_queries:
