@@ -68,6 +68,7 @@ def main() -> None:
     p.add_argument("--markdown", help="write the result table to this file too")
     args = p.parse_args()
 
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench_data_"))
     try:
         t0 = time.perf_counter()
@@ -98,7 +99,8 @@ def main() -> None:
     header = [
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores visible; "
         f"python {platform.python_version()}, torch {torch.__version__}, litdata {litdata.__version__}, "
-        f"tokenizers {tokenizers.__version__}",
+        f"tokenizers {tokenizers.__version__}; 1-minute load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after (other processes share these cores)",
         f"- tokenizer: {args.tokenizer}; corpus: {args.docs:,} procedural demo documents "
         f"(generated in {gen_s:.1f} s, not counted)",
         f"- command: `python benchmarks/bench_data.py {shlex.join(sys.argv[1:])}`",
