@@ -61,7 +61,7 @@ class _TokenizeShard:
         self.batch_docs = batch_docs
 
     def _encode(self, docs: list[str]) -> list[list[int]]:
-        return self.tokenizer(docs, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(docs, add_special_tokens=False)["input_ids"] if docs else []
 
     def __call__(self, shard: Shard):
         # A raising worker leaves litdata's helper processes orphaned (blocked forever on a pipe),
@@ -136,8 +136,9 @@ def prepare_corpus(inputs: list[str] | str, output_dir: str | Path, tokenizer, s
     tok = load_tokenizer(tokenizer)
     if tok.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; documents could not be separated")
-    for f in files:  # fail fast on a wrong text field or format before starting workers
-        next(read_documents(Shard(str(f), file_kind(f)), text_field), None)
+    for f in files:  # fail fast on a wrong text field or a broken file before starting workers
+        if file_kind(f) != "text":  # (a text file is one document: reading it here would double the work)
+            next(read_documents(Shard(str(f), file_kind(f)), text_field), None)
     shards = make_shards(files, shard_bytes)
     if start_method is None:
         start_method = "fork" if sys.platform.startswith("linux") else "spawn"
@@ -150,8 +151,10 @@ def prepare_corpus(inputs: list[str] | str, output_dir: str | Path, tokenizer, s
     staging = work / "out"  # litdata needs a directory that does not exist yet
     stats_dir = work / "stats"
     stats_dir.mkdir()
+    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
     try:
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process per worker already
+        # One process per worker already; and the Rust thread pool must not cross a fork.
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
         fn = _TokenizeShard(tok, text_field, chunk_tokens, dtype, str(stats_dir))
         optimize(fn=fn, inputs=shards, output_dir=str(staging), chunk_size=chunk_tokens, item_loader=TokensLoader(),
                  num_workers=min(num_workers, len(shards)), keep_data_ordered=True, reorder_files=False,
@@ -162,6 +165,8 @@ def prepare_corpus(inputs: list[str] | str, output_dir: str | Path, tokenizer, s
         stats = [json.loads(p.read_text()) for p in stats_dir.glob("*.json")]
         if len(stats) != len(shards):
             raise ValueError(f"preparation failed: {len(shards) - len(stats)} of {len(shards)} shards did not finish")
+        if sum(s["tokens"] for s in stats) == 0:
+            raise ValueError(f"inputs {inputs} hold no text (every document is empty)")
         index = json.loads((staging / "index.json").read_text())
         manifest = Manifest(
             seq_len=seq_len,
@@ -178,13 +183,15 @@ def prepare_corpus(inputs: list[str] | str, output_dir: str | Path, tokenizer, s
             text_field=text_field,
             source_files=[str(f) for f in files],
         )
-        if manifest.num_tokens == 0:
-            raise ValueError(f"inputs {inputs} hold no text (every document is empty)")
         manifest.chunk_sha256 = {c["filename"]: _sha256(staging / c["filename"]) for c in index["chunks"]}
         manifest.save(staging)
         _replace(staging, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if parallelism is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = parallelism
     return manifest
 
 

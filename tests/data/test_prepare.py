@@ -150,11 +150,15 @@ def test_bad_inputs_name_the_file(tmp_path, demo_tok):
     _write_jsonl(tmp_path / "other.jsonl", ["hello"], field="content")
     with pytest.raises(ValueError, match=r"other\.jsonl:1: no 'text' field"):
         prepare_corpus([str(tmp_path / "other.jsonl")], tmp_path / "o2", demo_tok, SEQ)
+    _write_jsonl(tmp_path / "blank.jsonl", ["", ""])
+    with pytest.raises(ValueError, match="hold no text"):
+        prepare_corpus([str(tmp_path / "blank.jsonl")], tmp_path / "o4", demo_tok, SEQ)
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 definitely not parquet")
     pytest.importorskip("pyarrow")
     with pytest.raises(ValueError, match=r"cannot read Parquet file .*broken\.parquet"):
         prepare_corpus([str(tmp_path / "broken.parquet")], tmp_path / "o3", demo_tok, SEQ)
-    assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3))
+    assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3, 4))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial outputs left
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can read files without read permission")
