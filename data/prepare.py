@@ -40,18 +40,21 @@ def main(argv: list[str] | None = None) -> None:
         inputs = [str(src)]
     if not inputs:
         p.error("give --input (or --demo-docs N)")
-    m = prepare_corpus(
-        inputs,
-        args.output,
-        args.tokenizer,
-        args.seq_len,
-        text_field=args.text_field,
-        num_workers=args.num_workers,
-        overwrite=args.overwrite,
-        chunk_blocks=args.chunk_blocks,
-    )
-    if args.verify:
-        verify_prepared(args.output, full=True)
+    try:
+        m = prepare_corpus(
+            inputs,
+            args.output,
+            args.tokenizer,
+            args.seq_len,
+            text_field=args.text_field,
+            num_workers=args.num_workers,
+            overwrite=args.overwrite,
+            chunk_blocks=args.chunk_blocks,
+        )
+        if args.verify:
+            verify_prepared(args.output, full=True)
+    except ValueError as e:  # bad input: the message says what to fix, a traceback would bury it
+        sys.exit(f"error: {e}")
     print(
         f"wrote {args.output}: {m.num_tokens:,} tokens, {m.num_documents:,} documents, {m.num_chunks} chunks, "
         f"{m.num_blocks:,} rows of {m.block_size} tokens ({m.dtype}, tokenizer {m.tokenizer_fingerprint})"
