@@ -81,3 +81,11 @@ def test_noise_haystack_and_bad_haystack(tok) -> None:
     assert "The grass is green." in tok.decode(sample.input_ids)  # RULER's noise filler
     with pytest.raises(ValueError, match="neither 'procedural', 'noise'"):
         make_haystack("/nonexistent/corpus")
+
+
+def test_batching_does_not_change_student_predictions(model_dirs) -> None:
+    """Equal-length prompts decoded together must give what each gives alone (LA states per row)."""
+    model, tok, _ = load_model(model_dirs["student"], tokenizer="demo")
+    alone = run_cell(model, tok, "niah_single", 200, 2, seed=0, max_new_tokens=5, batch_size=1)
+    together = run_cell(model, tok, "niah_single", 200, 2, seed=0, max_new_tokens=5, batch_size=2)
+    assert alone["examples"] == together["examples"]  # both samples (examples keeps two)
