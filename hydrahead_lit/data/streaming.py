@@ -4,7 +4,8 @@
 replaced by a synthetic retrieval sample when a hash of ``(seed, stream, epoch, index)`` falls
 under ``synthetic_fraction``; the sample itself is seeded by the same hash. Rows are therefore
 a pure function of the sample index, which is what LitData's loader state records, so a
-resumed run sees exactly the rows an uninterrupted run would have seen.
+resumed run sees exactly the rows an uninterrupted run would have seen. The loaders that
+serve these rows to Lightning are in :mod:`hydrahead_lit.data.loaders`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from litdata import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset, TokensLoader
+from litdata import StreamingDataset, TokensLoader
 
 from hydrahead_lit.data.haystack import Haystack
 from hydrahead_lit.data.manifest import Manifest, validate
@@ -115,40 +116,3 @@ class TokenRows(StreamingDataset):
             if row is not None:
                 return row
         return {"input_ids": ids, "loss_mask": torch.ones(len(ids), dtype=torch.bool)}
-
-
-class WeightedMix(CombinedStreamingDataset):
-    """Weighted mixture of :class:`TokenRows` that stops when its first dataset runs out.
-
-    It reports a length (90% of the expected number of rows before the first dataset runs out)
-    because Lightning pre-fetches one batch from loaders without a length, and LitData's mixture
-    state would then count that unconsumed batch: a resumed run would skip it.
-    """
-
-    def __init__(self, datasets: list[TokenRows], weights: list[float] | None, seed: int) -> None:
-        super().__init__(datasets, seed=seed, weights=weights, iterate_over_all=False)
-
-    def get_len(self, num_workers: int, batch_size: int) -> int:
-        self.num_workers, self.batch_size = num_workers, batch_size
-        weights = self._weights or [1.0] * len(self._datasets)
-        total = sum(weights)
-        expected = min(d.get_len(num_workers, batch_size) * total / w for d, w in zip(self._datasets, weights))
-        return max(1, int(0.9 * expected))
-
-
-class RowLoader(StreamingDataLoader):
-    """``StreamingDataLoader`` that, with ``drop_last``, never yields a short batch.
-
-    LitData applies ``drop_last`` to single datasets only; a mixture that stops mid-batch would
-    otherwise end its epoch with a short batch (a new shape for compiled or sharded models).
-    """
-
-    def __init__(self, dataset, batch_size: int, drop_last: bool = False, **kwargs) -> None:
-        super().__init__(dataset, batch_size=batch_size, drop_last=drop_last, **kwargs)
-        self.drop_short = drop_last
-
-    def __iter__(self):
-        for batch in super().__iter__():
-            if self.drop_short and len(batch["input_ids"]) < self.batch_size:
-                return
-            yield batch

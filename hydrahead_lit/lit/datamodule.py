@@ -4,18 +4,20 @@ Batches are ``{"input_ids": LongTensor [B, seq_len + 1], "loss_mask": BoolTensor
 the LightningModule shifts them for next-token prediction. ``loss_mask`` is all True for corpus
 rows (and for synthetic rows unless ``synthetic_loss="answer"``).
 
-The train loader is a ``StreamingDataLoader``: Lightning stores its ``state_dict`` in every
-checkpoint and restores it on ``fit(ckpt_path=...)``, so training resumes at the next unseen
-batch. Keep ``seed``, ``batch_size``, ``num_workers``, the directories and the world size
-unchanged across a resume.
+The train loader (a LitData ``StreamingDataLoader``, or one per directory for a mixture) has a
+``state_dict``: Lightning stores it in every checkpoint and restores it on ``fit(ckpt_path=...)``,
+so training resumes at the next unseen batch (see :mod:`hydrahead_lit.data.loaders`). Keep
+``seed``, ``batch_size``, ``num_workers``, the directories and the world size unchanged across
+a resume.
 """
 
 from __future__ import annotations
 
 from lightning.pytorch import LightningDataModule
 
+from hydrahead_lit.data.loaders import MixtureLoader, RowLoader
 from hydrahead_lit.data.prepare import load_tokenizer
-from hydrahead_lit.data.streaming import RowLoader, TokenRows, WeightedMix, open_prepared
+from hydrahead_lit.data.streaming import TokenRows, open_prepared
 from hydrahead_lit.data.synthetic import make_sample
 
 DEFAULT_SYNTHETIC_TASKS = ("passkey", "niah_single", "niah_multikey", "niah_multivalue", "mqar", "variable_tracking")
@@ -128,22 +130,13 @@ class TokenDataModule(LightningDataModule):
             drop_last=train,
         )
 
-    def train_dataset(self):
-        """The (combined) streaming dataset of the train loader."""
+    def train_dataloader(self):
         datasets = [self._rows(d, i, train=True) for i, d in enumerate(self.data_dirs)]
         if len(datasets) == 1:
-            return datasets[0]
-        # The epoch ends at the first exhausted directory so that the weights hold throughout.
-        return WeightedMix(datasets, weights=self.weights, seed=self.seed)
-
-    def train_dataloader(self):
-        return RowLoader(
-            self.train_dataset(),
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            drop_last=True,
-        )
+            return RowLoader(datasets[0], batch_size=self.batch_size, num_workers=self.num_workers,
+                             pin_memory=self.pin_memory, drop_last=True)  # fmt: skip
+        return MixtureLoader(datasets, self.weights, self.batch_size, num_workers=self.num_workers, seed=self.seed,
+                             pin_memory=self.pin_memory)  # fmt: skip
 
     def val_dataloader(self):
         if not self.val_dir:

@@ -45,7 +45,7 @@ class _Recorder(LightningModule):
 
 def _fit(dm_kwargs: dict, root, steps: int, ckpt_path=None) -> list[dict[str, torch.Tensor]]:
     model = _Recorder()
-    ckpt = ModelCheckpoint(dirpath=root, every_n_train_steps=3, save_top_k=-1, filename="{step}")
+    ckpt = ModelCheckpoint(dirpath=root, every_n_train_steps=1, save_top_k=-1, filename="{step}")
     trainer = Trainer(
         max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[ckpt], default_root_dir=root,
@@ -54,23 +54,42 @@ def _fit(dm_kwargs: dict, root, steps: int, ckpt_path=None) -> list[dict[str, to
     return model.seen
 
 
+@pytest.fixture(scope="module")
+def small_dirs(tmp_path_factory, demo_tok):
+    """Two corpora of ~7 batches of 4 rows each, so that short runs cross epochs."""
+    root = tmp_path_factory.mktemp("small")
+    out = []
+    for seed in (2, 3):
+        src = write_demo_corpus(root / f"src{seed}", n_docs=60, seed=seed)
+        out.append(str(root / f"corpus{seed}"))
+        prepare_corpus([str(p) for p in src], out[-1], demo_tok, SEQ, chunk_blocks=4)
+    return out
+
+
 @pytest.mark.parametrize(
-    "n_dirs, num_workers", [(1, 0), (1, 2), (2, 2)], ids=["one-dir-inline", "one-dir-2-workers", "mixture-2-workers"]
+    "n_dirs, num_workers",
+    [(1, 0), (1, 2), (2, 0), (2, 2)],
+    ids=["one-dir-inline", "one-dir-2-workers", "mixture-inline", "mixture-2-workers"],
 )
-def test_resume_mid_epoch_sees_the_same_batches(dirs, tmp_path, n_dirs, num_workers):
+def test_resume_sees_the_same_batches(small_dirs, tmp_path, n_dirs, num_workers):
     kwargs = dict(
-        data_dirs=dirs[:n_dirs], tokenizer="demo", seq_len=SEQ, batch_size=4, num_workers=num_workers,
-        weights=[0.7, 0.3][:n_dirs] if n_dirs == 2 else None, synthetic_fraction=0.25, seed=3,
+        data_dirs=small_dirs[:n_dirs], tokenizer="demo", seq_len=SEQ, batch_size=4, num_workers=num_workers,
+        weights=[0.7, 0.3] if n_dirs == 2 else None, synthetic_fraction=0.25, seed=3,
     )  # fmt: skip
-    full = _fit(kwargs, tmp_path / "a", steps=8)
-    assert len(full) == 8
-    resumed = _fit(kwargs, tmp_path / "b", steps=8, ckpt_path=tmp_path / "a" / "step=3.ckpt")
-    assert len(resumed) == 5
-    for want, got in zip(full[3:], resumed):
-        assert torch.equal(want["input_ids"], got["input_ids"])
-        assert torch.equal(want["loss_mask"], got["loss_mask"])
-    # Not trivially equal: the resumed run did not restart from the first batch.
-    assert not torch.equal(full[0]["input_ids"], resumed[0]["input_ids"])
+    steps = 20  # about 3 epochs for one directory, 2 for the mixture
+    full = _fit(kwargs, tmp_path / "a", steps=steps)
+    assert len(full) == steps
+    epoch_len = TokenDataModule(**kwargs).train_dataloader().__len__()
+    assert epoch_len < 10, "the run must cross an epoch boundary after each checkpoint"
+    # Mid first epoch, at the end of the first epoch, and within the second one.
+    for start in (3, epoch_len, epoch_len + 2):
+        resumed = _fit(kwargs, tmp_path / f"b{start}", steps=steps, ckpt_path=tmp_path / "a" / f"step={start}.ckpt")
+        assert len(resumed) == steps - start
+        for want, got in zip(full[start:], resumed):
+            assert torch.equal(want["input_ids"], got["input_ids"])
+            assert torch.equal(want["loss_mask"], got["loss_mask"])
+        # Not trivially equal: the resumed run did not restart from the first batch.
+        assert not torch.equal(full[0]["input_ids"], resumed[0]["input_ids"])
 
 
 def _rows(dm: TokenDataModule, n_batches: int) -> list[dict[str, torch.Tensor]]:
@@ -139,7 +158,7 @@ def test_setup_errors_are_clear(dirs, tmp_path):
     with pytest.raises(ValueError, match="weights"):
         TokenDataModule(dirs, weights=[1.0])
     with pytest.raises(ValueError, match="synthetic_tasks"):
-        TokenDataModule(dirs[0], seq_len=SEQ, synthetic_tasks=["qa"]).train_dataset()
+        TokenDataModule(dirs[0], seq_len=SEQ, synthetic_tasks=["qa"]).train_dataloader()
 
 
 def test_tokenizer_mismatch_names_directory(dirs, gpt2_like_tok, tmp_path):
