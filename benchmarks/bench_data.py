@@ -36,9 +36,10 @@ def bench_prepare(src: Path, out: Path, tokenizer: str, seq_len: int, workers: i
 
 
 def bench_stream(directory: Path, tokenizer: str, seq_len: int, workers: int, batch_size: int,
-                 synthetic: float, max_batches: int) -> tuple[int, float, int]:  # fmt: skip
+                 synthetic: float, max_batches: int, mixture: bool = False) -> tuple[int, float, int]:  # fmt: skip
+    dirs = [str(directory)] * (2 if mixture else 1)  # a mixture of the corpus with itself: same cost
     dm = TokenDataModule(
-        str(directory), tokenizer=tokenizer, seq_len=seq_len, batch_size=batch_size, num_workers=workers,
+        dirs, tokenizer=tokenizer, seq_len=seq_len, batch_size=batch_size, num_workers=workers,
         synthetic_fraction=synthetic, synthetic_tasks=["passkey", "niah_single", "niah_multikey", "mqar"],
     )  # fmt: skip
     dm.setup("fit")
@@ -81,13 +82,14 @@ def main() -> None:
             rows.append(
                 f"| prepare, {w} worker(s) | {n_tok:,} tokens in {secs:.1f} s | {rate:,.0f} | {rate / w:,.0f} |"
             )
-        for synthetic in (0.0, 0.1):
+        for synthetic, mixture in ((0.0, False), (0.1, False), (0.0, True)):
             n_tok, secs, n = bench_stream(work / "prepared", args.tokenizer, args.seq_len, args.loader_workers,
-                                          args.batch_size, synthetic, args.max_batches)  # fmt: skip
+                                          args.batch_size, synthetic, args.max_batches, mixture)  # fmt: skip
             rate = n_tok / secs
+            what = "2-directory mixture (2 loaders)" if mixture else f"{synthetic:.0%} synthetic"
             rows.append(
                 f"| stream seq_len {args.seq_len}, batch {args.batch_size}, {args.loader_workers} workers, "
-                f"{synthetic:.0%} synthetic | {n_tok:,} tokens ({n - 1} batches) in {secs:.2f} s | {rate:,.0f} | "
+                f"{what} | {n_tok:,} tokens ({n - 1} batches) in {secs:.2f} s | {rate:,.0f} | "
                 f"{rate / max(1, args.loader_workers):,.0f} |"
             )
     finally:
