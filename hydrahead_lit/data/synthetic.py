@@ -100,6 +100,8 @@ class _Builder:
             self._pieces.update((t, list(ids)) for t, ids in zip(todo, batch))
 
     def number(self, digits: int, taken: set[str]) -> str:
+        if digits < 1 or len(taken) >= 9 * 10 ** (digits - 1):
+            raise ValueError(f"task {self.task!r}: cannot draw another distinct {digits}-digit number")
         while True:
             value = str(self.rng.randint(10 ** (digits - 1), 10**digits - 1))
             if value not in taken:
@@ -107,6 +109,8 @@ class _Builder:
                 return value
 
     def word_key(self, taken: set[str]) -> str:
+        if len(taken) >= len(ADJECTIVES) * len(NOUNS):
+            raise ValueError(f"task {self.task!r}: at most {len(ADJECTIVES) * len(NOUNS)} distinct keys")
         while True:  # RULER keys are adjective-noun words such as "quiet-river"
             key = f"{self.rng.choice(ADJECTIVES)}-{self.rng.choice(NOUNS)}"
             if key not in taken:

@@ -93,3 +93,5 @@ def test_bad_arguments(demo_tok):
         make_sample("passkey", demo_tok, 500, seed=0, num_keys=3)
     with pytest.raises(ValueError, match="haystack"):
         Haystack("essays")
+    with pytest.raises(ValueError, match="distinct 1-digit"):
+        make_sample("niah_multivalue", demo_tok, 5000, seed=0, num_values=12, value_digits=1)
