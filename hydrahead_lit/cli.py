@@ -47,6 +47,9 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HydraHeadCLI:
         None,  # any LightningDataModule given by class_path (or none: EvalModule has its own)
         subclass_mode_model=True,
         subclass_mode_data=True,
+        # Run directories are fixed per stage (the next stage names them), so a resumed or repeated run
+        # rewrites its config.yaml; checkpoints get versioned names and ExportStudent refuses to overwrite.
+        save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
     )
