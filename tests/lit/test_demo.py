@@ -17,7 +17,7 @@ def test_stage_config_moves_every_path_under_out(tmp_path) -> None:
     assert cfg["trainer"]["logger"]["init_args"]["save_dir"] == str(run.parent)
     export = [c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("ExportStudent")]
     assert export[0]["init_args"]["dirpath"] == str(run / "student")
-    assert cfg["trainer"]["max_steps"] == 250 and cfg["trainer"]["val_check_interval"] == 250
+    assert cfg["trainer"]["max_steps"] == 200 and cfg["trainer"]["val_check_interval"] == 200
 
 
 def test_format_table() -> None:
