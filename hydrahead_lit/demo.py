@@ -127,7 +127,7 @@ def format_stages(stages: dict[str, dict[str, float]]) -> str:
     keys = ("steps", "seconds", "train/align_loss", "train/loss", "val/ppl", "val/kl")
     lines = ["| run | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
     for name, m in stages.items():
-        cells = " | ".join(f"{m[k]:.3f}" if k in m and math.isfinite(m[k]) else "-" for k in keys)
+        cells = " | ".join(f"{m[k]:.4g}" if k in m and math.isfinite(m[k]) else "-" for k in keys)
         lines.append(f"| {name} | {cells} |")
     return "\n".join(lines)
 
