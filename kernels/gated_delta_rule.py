@@ -304,21 +304,13 @@ def chunk_gated_delta_rule_triton(
 
 def _la_backend_fn(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False):
     """The ``"triton"`` LA backend: :func:`chunk_gated_delta_rule_triton` with GQA by expansion."""
-    if q.shape[2] % k.shape[2] != 0:
-        raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of KV heads ({k.shape[2]})")
-    group = q.shape[2] // k.shape[2]
-    if group > 1:
-        # The state depends on k, v, g, beta only, so every copy of a KV head carries the same
-        # state; autograd sums the copies' gradients.
-        k, v, g, beta = (x.repeat_interleave(group, dim=2) for x in (k, v, g, beta))
-        if initial_state is not None:
-            initial_state = initial_state.repeat_interleave(group, dim=1)
+    from hydrahead_lit.ops.la_backend import collapse_state, expand_kv_heads
+
+    k, v, g, beta, initial_state, group = expand_kv_heads(q, k, v, g, beta, initial_state)
     o, state = chunk_gated_delta_rule_triton(
         q, k.contiguous() if k.stride(-1) != 1 else k, v, g, beta, scale, initial_state, output_final_state
     )
-    if state is not None and group > 1:
-        state = state[:, ::group]
-    return o, state
+    return o, collapse_state(state, group)
 
 
 def _register() -> None:

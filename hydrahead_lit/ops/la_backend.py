@@ -141,18 +141,31 @@ def _torch_gdr(q, k, v, g, beta, scale=None, initial_state=None, output_final_st
     return fn(q, k, v, g, beta, scale, initial_state, output_final_state)
 
 
-def _fla_gdr(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False):
-    from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
-
+def expand_kv_heads(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, initial_state: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, int]:
+    """GQA for kernels that want as many KV as query heads: every query head gets its own copy of its
+    KV head (and gates). All copies then carry the same state, and autograd sums the copies' gradients.
+    Returns the expanded k, v, g, beta, initial_state and the group size."""
     if q.shape[2] % k.shape[2] != 0:
         raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of KV heads ({k.shape[2]})")
     group = q.shape[2] // k.shape[2]
     if group > 1:
-        # fla wants as many q as k heads: give every query head its own copy of its KV head. All
-        # copies then carry the same state, and autograd sums the copies' gradients.
         k, v, g, beta = (x.repeat_interleave(group, dim=2) for x in (k, v, g, beta))
         if initial_state is not None:
             initial_state = initial_state.repeat_interleave(group, dim=1)
+    return k, v, g, beta, initial_state, group
+
+
+def collapse_state(state: Tensor | None, group: int) -> Tensor | None:
+    """The per-KV-head state back from a state expanded by :func:`expand_kv_heads`."""
+    return state if state is None or group == 1 else state[:, ::group]
+
+
+def _fla_gdr(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False):
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+
+    k, v, g, beta, initial_state, group = expand_kv_heads(q, k, v, g, beta, initial_state)
     if initial_state is not None:
         initial_state = initial_state.float()
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -164,9 +177,7 @@ def _fla_gdr(q, k, v, g, beta, scale=None, initial_state=None, output_final_stat
         q, k, v, g=g, beta=beta, scale=scale, initial_state=initial_state,
         output_final_state=output_final_state, use_qk_l2norm_in_kernel=False,
     )  # fmt: skip
-    if state is not None and group > 1:
-        state = state[:, ::group]
-    return o.to(v.dtype), state
+    return o.to(v.dtype), collapse_state(state, group)
 
 
 def _fla_reason(device: torch.device, needs_grad: bool) -> str | None:
