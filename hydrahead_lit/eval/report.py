@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hydrahead_lit.eval.aggregate import aggregate, has_repeats, lengths_of
+
 RESULTS_NAME = "results.json"
 TABLE_NAME = "results.md"
 FIG_SIZE = (6.4, 4.0)  # inches; at FIG_DPI gives 640 x 400 pixel plots
@@ -47,17 +49,6 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     return run
 
 
-def _lengths(runs: list[dict[str, Any]]) -> list[int]:
-    return sorted({int(n) for r in runs for cells in r["ruler"].values() for n in cells})
-
-
-def _tasks(runs: list[dict[str, Any]]) -> list[str]:
-    seen: dict[str, None] = {}
-    for r in runs:
-        seen.update(dict.fromkeys(r["ruler"]))
-    return list(seen)
-
-
 def human_bytes(n: float | None) -> str:
     if n is None:
         return "–"
@@ -68,86 +59,123 @@ def human_bytes(n: float | None) -> str:
     return str(n)
 
 
-def _fmt(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
+def _cell(stat: dict[str, float] | None, digits: int = 1, scale: float = 1.0) -> str:
+    """``mean`` of a statistic, with ``± sd`` when it came from several runs."""
+    if stat is None:
+        return "–"
+    text = f"{scale * stat['mean']:.{digits}f}"
+    return f"{text} ± {scale * stat['sd']:.{digits}f}" if stat["n"] > 1 else text
+
+
+def _bytes_cell(stat: dict[str, float] | None) -> str:
+    if stat is None:
+        return "–"
+    text = human_bytes(stat["mean"])
+    return f"{text} ± {human_bytes(stat['sd'])}" if stat["n"] > 1 else text
 
 
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _tasks(models: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(t for m in models for t in m["ruler"]))
+
+
 def markdown(runs: list[dict[str, Any]]) -> str:
-    """Summary table (average accuracy by length, ppl, cache), per-task accuracy, efficiency figures."""
+    """Summary table (average accuracy by length, ppl, cache), per-task accuracy, efficiency figures.
+    Runs sharing a name are repeats: their cells show ``mean ± sd`` (see :mod:`hydrahead_lit.eval.aggregate`)."""
     runs = [to_json(r) for r in runs]
-    lengths, tasks = _lengths(runs), _tasks(runs)
+    return _markdown(aggregate(runs), [int(n) for n in lengths_of(runs)])
+
+
+def _markdown(models: list[dict[str, Any]], lengths: list[int]) -> str:
+    repeats = has_repeats(models)
     top = str(lengths[-1])
+    runs_col = ["runs"] if repeats else []
     out = ["## Accuracy (RULER string_match_all, %) averaged over tasks", ""]
-    out.append(_row(["model", "kind", "FA KV share", *map(str, lengths), "avg", "ppl", f"cache @ {top}"]))
-    out.append(_row(["---"] * (6 + len(lengths))))
-    for r in runs:
-        avg = [r["average"].get(str(n)) for n in lengths]
-        present = [a for a in avg if a is not None]
-        share = r.get("model", {}).get("kv_cache_fraction")
-        cache = (r.get("efficiency") or {}).get(top, {}).get("cache_bytes")
-        ppl = (r.get("perplexity") or {}).get("ppl")
+    if repeats:
+        out[0] += "; mean ± sample sd over runs sharing a name"
+    out.append(_row(["model", "kind", "FA KV share", *runs_col, *map(str, lengths), "avg", "ppl", f"cache @ {top}"]))
+    out.append(_row(["---"] * (6 + len(runs_col) + len(lengths))))
+    for m in models:
+        share = m["kv_cache_fraction"]
         share_txt = "–" if share is None else f"{100 * share:.1f}%"
-        mean = sum(present) / len(present) if present else None
-        out.append(_row([r["name"], r.get("kind", "?"), share_txt, *[_fmt(a) for a in avg], _fmt(mean),
-                         _fmt(ppl, 3), human_bytes(cache)]))  # fmt: skip
+        n_txt = [str(m["n"])] if repeats else []
+        ppl = (m["perplexity"] or {}).get("ppl")
+        cache = ((m["efficiency"] or {}).get(top) or {}).get("cache_bytes")
+        out.append(_row([m["name"], m["kind"], share_txt, *n_txt, *[_cell(m["average"].get(str(n))) for n in lengths],
+                         _cell(m["average_over_lengths"]), _cell(ppl, 3), _bytes_cell(cache)]))  # fmt: skip
     out += ["", "## Accuracy by task (%)", "", _row(["task", "model", *map(str, lengths)])]
     out.append(_row(["---"] * (2 + len(lengths))))
-    for t in tasks:
-        for r in runs:
-            cells = r["ruler"].get(t, {})
-            out.append(_row([t, r["name"], *[_fmt(cells.get(str(n), {}).get("score")) for n in lengths]]))
-    eff = [r for r in runs if r.get("efficiency")]
+    for t in _tasks(models):
+        for m in models:
+            cells = m["ruler"].get(t, {})
+            out.append(_row([t, m["name"], *[_cell((cells.get(str(n)) or {}).get("score")) for n in lengths]]))
+    eff = [m for m in models if m["efficiency"]]
     if eff:
         out += ["", "## Efficiency (batch 1)", ""]
         out.append(_row(["model", "length", "cache", "teacher KV", "prefill (ms)", "decode (tok/s)"]))
         out.append(_row(["---"] * 6))
-        for r in eff:
-            for n, f in sorted(r["efficiency"].items(), key=lambda kv: int(kv[0])):
-                out.append(_row([r["name"], n, human_bytes(f["cache_bytes"]), human_bytes(f["teacher_kv_bytes"]),
-                                 _fmt(1000 * f["prefill_s"], 2), _fmt(f["decode_tokens_per_s"], 1)]))  # fmt: skip
-        devices = sorted({str(r.get("device", "?")) for r in eff})
+        for m in eff:
+            for n, f in m["efficiency"].items():
+                f = f or {}
+                out.append(_row([m["name"], n, _bytes_cell(f.get("cache_bytes")),
+                                 _bytes_cell(f.get("teacher_kv_bytes")), _cell(f.get("prefill_s"), 2, 1000),
+                                 _cell(f.get("decode_tokens_per_s"))]))  # fmt: skip
+        devices = sorted({d for m in eff for d in m["devices"]})
         out += ["", f"Measured on: {', '.join(devices)}."]
     return "\n".join(out) + "\n"
 
 
 def plot(runs: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """PNG plots, one line per model: accuracy vs length per task and averaged, and cache bytes."""
+    """PNG plots, one line per model: accuracy vs length per task and averaged, and cache bytes.
+    A model run several times is drawn as its mean with a band from min to max."""
+    runs = [to_json(r) for r in runs]
+    return _plot(aggregate(runs), [int(n) for n in lengths_of(runs)], out_dir)
+
+
+def _plot(models: list[dict[str, Any]], lengths: list[int], out_dir: str | Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    runs = [to_json(r) for r in runs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lengths = _lengths(runs)
-    panels: list[tuple[str, str, dict[str, dict[str, float]]]] = [
-        ("average", "average over tasks", {r["name"]: r["average"] for r in runs})
+    repeats = has_repeats(models)
+    label = {m["name"]: f"{m['name']} (n={m['n']})" if repeats else m["name"] for m in models}
+    note = "\nline: mean over runs, band: min to max" if repeats else ""
+    panels: list[tuple[str, str, dict[str, dict[str, Any]]]] = [  # (file key, title, {label: {length: stat}})
+        ("average", "average over tasks", {label[m["name"]]: m["average"] for m in models})
     ]
-    for t in _tasks(runs):
-        panels.append((t, t, {r["name"]: {n: c["score"] for n, c in r["ruler"].get(t, {}).items()} for r in runs}))
+    for t in _tasks(models):
+        series = {label[m["name"]]: {n: c["score"] for n, c in m["ruler"].get(t, {}).items() if c and "score" in c}
+                  for m in models}  # fmt: skip
+        panels.append((t, t, series))
     paths = []
     for key, title, series in panels:
-        paths.append(_line_plot(plt, out / f"accuracy_{key}.png", series, lengths, f"Accuracy: {title}",
+        paths.append(_line_plot(plt, out / f"accuracy_{key}.png", series, lengths, f"Accuracy: {title}{note}",
                                 "accuracy (%)", ylim=(-2, 102)))  # fmt: skip
-    eff = {r["name"]: {n: f["cache_bytes"] / 2**20 for n, f in r["efficiency"].items()} for r in runs
-           if r.get("efficiency")}  # fmt: skip
-    if eff:
-        paths.append(_line_plot(plt, out / "cache_bytes.png", eff, lengths, "Generation cache after prefill",
-                                "cache (MiB, log scale)", ylim=None, log_y=True))  # fmt: skip
+    cache = {label[m["name"]]: {n: f["cache_bytes"] for n, f in m["efficiency"].items() if f and "cache_bytes" in f}
+             for m in models if m["efficiency"]}  # fmt: skip
+    if cache:
+        paths.append(_line_plot(plt, out / "cache_bytes.png", cache, lengths, f"Generation cache after prefill{note}",
+                                "cache (MiB, log scale)", ylim=None, log_y=True, scale=2**-20))  # fmt: skip
     return paths
 
 
-def _line_plot(plt, path: Path, series: dict[str, dict[str, float]], lengths: list[int], title: str,
-               ylabel: str, ylim: tuple[float, float] | None, log_y: bool = False) -> Path:  # fmt: skip
+def _line_plot(plt, path: Path, series: dict[str, dict[str, dict[str, float]]], lengths: list[int], title: str,
+               ylabel: str, ylim: tuple[float, float] | None, log_y: bool = False,
+               scale: float = 1.0) -> Path:  # fmt: skip
     fig, ax = plt.subplots(figsize=FIG_SIZE, dpi=FIG_DPI)
     for name, points in series.items():
         xs = sorted(int(n) for n in points)
-        ax.plot(xs, [points[str(n)] for n in xs], marker="o", label=name)
+        stats = [points[str(n)] for n in xs]
+        (line,) = ax.plot(xs, [scale * s["mean"] for s in stats], marker="o", label=name)
+        if any(s["n"] > 1 for s in stats):
+            ax.fill_between(xs, [scale * s["min"] for s in stats], [scale * s["max"] for s in stats],
+                            color=line.get_color(), alpha=0.2, linewidth=0)  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [_short(n) for n in lengths])
     ax.minorticks_off()
@@ -178,20 +206,25 @@ def save_run(run: dict[str, Any], out_dir: str | Path) -> Path:
 
 
 def write_report(runs: list[dict[str, Any]], out_dir: str | Path, json_name: str | None = "comparison.json",
-                 table_name: str = "comparison.md") -> dict[str, Any]:  # fmt: skip
-    """Write the Markdown table, the plots and (unless ``json_name`` is None) ``{"runs": [...]}`` as
-    JSON for ``runs`` into ``out_dir``; returns the paths."""
+                 table_name: str = "comparison.md", sources: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Write the Markdown table, the plots and (unless ``json_name`` is None) the JSON for ``runs``
+    into ``out_dir``; returns the paths. Runs sharing a ``name`` are repeats of one model, averaged
+    (:func:`hydrahead_lit.eval.aggregate.aggregate`). The JSON is ``{"runs": [...]}``; with repeats
+    each run also gets its ``source`` (from ``sources``, the results files) and an ``"aggregate"``
+    list holds the per-model statistics."""
     if not runs:
         raise ValueError("no runs to report")
-    names = [r["name"] for r in runs]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"run names must be unique, got {dup} more than once; give runs distinct 'name's")
+    runs = [to_json(r) for r in runs]
+    models = aggregate(runs, sources)  # ValueError when repeats disagree
+    lengths = [int(n) for n in lengths_of(runs)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown(runs)
-    (out / table_name).write_text(table)
+    (out / table_name).write_text(_markdown(models, lengths))
     if json_name is not None:
-        (out / json_name).write_text(json.dumps(to_json({"runs": runs}), indent=2) + "\n")
+        doc: dict[str, Any] = {"runs": runs}
+        if has_repeats(models):
+            srcs = sources or [None] * len(runs)
+            doc = {"runs": [{**r, "source": s} for r, s in zip(runs, srcs)], "aggregate": models}
+        (out / json_name).write_text(json.dumps(doc, indent=2) + "\n")
     return {"json": None if json_name is None else out / json_name, "table": out / table_name,
-            "plots": plot(runs, out)}  # fmt: skip
+            "plots": _plot(models, lengths, out)}  # fmt: skip
