@@ -1,0 +1,1 @@
+"""Experiments built from the project's own command lines (see `miniature`)."""
