@@ -74,7 +74,7 @@ def measure_length(
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.config.vocab_size, (1, length), generator=gen).to(device)
+    ids = torch.randint(0, model.config.vocab_size, (1, length), generator=gen, device="cpu").to(device)
     key = _cache_kwarg(model)
     # Prefill computes logits for the last position only, as generate() does (full logits at 128K
     # tokens and a 150K vocabulary would dominate time and memory).

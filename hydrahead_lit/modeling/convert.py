@@ -53,8 +53,8 @@ def teacher_head_rms(model: nn.Module, input_ids: Tensor | None = None, seed: in
     n_heads = config.num_attention_heads
     D = getattr(config, "head_dim", None) or config.hidden_size // n_heads
     if input_ids is None:
-        gen = torch.Generator().manual_seed(seed)
-        input_ids = torch.randint(0, config.vocab_size, (1, 256), generator=gen)
+        gen = torch.Generator().manual_seed(seed)  # a CPU generator: name the device, as Lightning's
+        input_ids = torch.randint(0, config.vocab_size, (1, 256), generator=gen, device="cpu")  # may default to cuda
     device = next(model.parameters()).device
     stats: dict[int, Tensor] = {}
     hooks = []

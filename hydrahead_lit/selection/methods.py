@@ -87,7 +87,7 @@ def select_plan(
     n_fa = fa_budget(num_layers, num_kv_groups, ratio, mode, min_per_layer)
     if method == "random":
         gen = torch.Generator().manual_seed(seed)
-        score = torch.rand(num_layers, num_kv_groups, generator=gen)
+        score = torch.rand(num_layers, num_kv_groups, generator=gen, device="cpu")
         info = {"seed": seed, "note": "uniform random draw under the same budget and constraints"}
     elif method == "hydrahead":
         w = dict(DEFAULT_WEIGHTS if weights is None else weights)
