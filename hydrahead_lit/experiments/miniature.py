@@ -1,4 +1,4 @@
-"""The paper's comparison in miniature, one seed per invocation (about 5 minutes on one H100):
+"""The paper's comparison in miniature, one seed per invocation (minutes on one H100):
 
     python -m hydrahead_lit.experiments.miniature --out runs/miniature --seed 0
     python -m hydrahead_lit.eval.compare runs/miniature/* -o docs/miniature/
@@ -154,7 +154,7 @@ class Miniature:
         from hydrahead_lit.demo import prepare_data
 
         start = time.perf_counter()
-        prepare_data(self.shared, self.args.train_docs, 1000, seq_len=self.n)
+        prepare_data(self.shared, self.args.train_docs, 500, seq_len=self.n)
         self.timings["data"] = time.perf_counter() - start
         if not (self.teacher / "config.json").is_file():
             if self.args.teacher is not None:
@@ -242,7 +242,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plans", nargs="+", default=list(plans(8, 0)), choices=list(plans(8, 0)),
                    help="plans to compare (default: all)")  # fmt: skip
     p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: all plans on GPU, 1 on CPU)")
-    p.add_argument("--seq-len", type=int, default=512, help="the teacher's training length (eval at 1x, 2x, 4x)")
+    p.add_argument("--seq-len", type=int, default=256, help="the teacher's training length (eval at 1x, 2x, 4x)")
     p.add_argument("--train-docs", type=int, default=60000, help="procedural training documents")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every run's max_steps (tests: small)")
     p.add_argument("--batch-size", type=int, default=None, help="override every run's batch size (tests: small)")
