@@ -4,8 +4,8 @@
     python -m hydrahead_lit.eval.compare runs/miniature/* -o docs/miniature/
 
 1. `<out>/shared` (made once, reused by every seed): the procedural demo corpus prepared at the teacher's
-   length, the teacher pre-trained by `configs/miniature/teacher.yaml` (or `--teacher DIR`), and its
-   evaluation (`shared/eval/teacher`).
+   length and the teacher's evaluation (`shared/eval/teacher`). The teacher is the bundled demo teacher
+   (`data/demo/teacher`, pre-trained by `configs/demo/pretrain_teacher.yaml`) unless `--teacher DIR`.
 2. `<out>/seed<N>`: stage 1 once, with three head selections from the same scores (HydraHead 7:1 and 3:1,
    the best whole layer); then stages 2 and 3 on the same budget for every plan of `plans()` (run side by
    side, one process each); then every student evaluated with `configs/miniature/eval.yaml`.
@@ -39,6 +39,7 @@ from hydrahead_lit.experiments.runner import (
 
 CONFIG_DIR = ROOT / "configs" / "miniature"
 DEFAULT_OUT = Path("runs/miniature")
+DEFAULT_TEACHER = ROOT / "data" / "demo" / "teacher"
 
 
 def plans(num_layers: int, seed: int) -> dict[str, dict[str, Any]]:
@@ -64,7 +65,7 @@ class Miniature:
         self.shared = self.out / "shared"
         self.seed_dir = self.out / f"seed{args.seed}"
         self.data = self.shared / "data"
-        self.teacher = (args.teacher or self.shared / "teacher").resolve()
+        self.teacher = args.teacher.resolve()
         self.n = args.seq_len
         self.parallel = args.jobs or (len(args.plans) if gpu_count() else 1)
         self.timings: dict[str, float] = {}
@@ -95,19 +96,6 @@ class Miniature:
 
     def _job(self, name: str, subcommand: str, cfg: dict, where: Path) -> Job:
         return Job(name, subcommand, cfg, where / "configs" / f"{name}.yaml", where / "logs" / f"{name}.log")
-
-    def teacher_job(self) -> Job:
-        cfg = load_config(CONFIG_DIR / "teacher.yaml")
-        set_run_dir(cfg, self.shared / "pretrain")
-        callbacks(cfg, "ExportStudent")[0]["dirpath"] = str(self.teacher)
-        scale_steps(cfg, self.args.steps_scale)
-        self._data(cfg, self.n, "demo")
-        m = cfg["model"]["init_args"]
-        m["retrieval_length"] = self.n
-        m["model_config"]["max_position_embeddings"] = max(m["model_config"]["max_position_embeddings"], 4 * self.n)
-        if self.args.accelerator:
-            cfg["trainer"]["accelerator"] = self.args.accelerator
-        return self._job("teacher", "fit", cfg, self.shared)
 
     def stage1_job(self) -> Job:
         cfg = self._stage("stage1", self.seed_dir / "stage1", self.n)
@@ -150,17 +138,23 @@ class Miniature:
         run_jobs(jobs, parallel)
         self.timings[phase] = time.perf_counter() - start
 
+    def check_teacher(self) -> None:
+        """The teacher must be a model directory, and the one every earlier seed in `--out` used."""
+        if not (self.teacher / "config.json").is_file():
+            raise SystemExit(f"--teacher {self.teacher} is not a model directory (no config.json)")
+        record = self.shared / "teacher.txt"
+        if record.is_file() and record.read_text().strip() != str(self.teacher):
+            raise SystemExit(f"{self.out} holds seeds of the teacher {record.read_text().strip()}, not {self.teacher}: "
+                             "seeds of one experiment share a teacher; choose another --out")  # fmt: skip
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(f"{self.teacher}\n")
+
     def prepare_shared(self) -> None:
         from hydrahead_lit.demo import prepare_data
 
         start = time.perf_counter()
         prepare_data(self.shared, self.args.train_docs, 500, seq_len=self.n)
         self.timings["data"] = time.perf_counter() - start
-        if not (self.teacher / "config.json").is_file():
-            if self.args.teacher is not None:
-                raise SystemExit(f"--teacher {self.args.teacher} is not a model directory (no config.json)")
-            self._timed("teacher pre-training", [self.teacher_job()])
-            self.stages["teacher"] = last_scalars(self.shared / "pretrain")
         if not (self.shared / "eval" / "teacher" / "results.json").is_file():
             self._timed("teacher evaluation", [self.eval_job("teacher", self.teacher, self.shared)])
 
@@ -171,6 +165,7 @@ class Miniature:
                                  "to replace it, or choose another --out or --seed")  # fmt: skip
             shutil.rmtree(self.seed_dir)
         start = time.perf_counter()
+        self.check_teacher()
         self.prepare_shared()
         t_seed = time.perf_counter()
         num_layers = json.loads((self.teacher / "config.json").read_text())["num_hidden_layers"]
@@ -237,12 +232,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="experiment directory (default runs/miniature)")
     p.add_argument("--seed", type=int, default=0, help="training seed of this invocation")
-    p.add_argument("--teacher", type=Path, default=None, help="use this teacher instead of <out>/shared/teacher")
+    p.add_argument(
+        "--teacher", type=Path, default=DEFAULT_TEACHER, help="teacher directory (default: the demo teacher)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same seed")
     p.add_argument("--plans", nargs="+", default=list(plans(8, 0)), choices=list(plans(8, 0)),
                    help="plans to compare (default: all)")  # fmt: skip
     p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: all plans on GPU, 1 on CPU)")
-    p.add_argument("--seq-len", type=int, default=256, help="the teacher's training length (eval at 1x, 2x, 4x)")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=256,
+        help="the teacher's training length (the demo teacher's: 256); eval at 1x, 2x, 4x",
+    )
     p.add_argument("--train-docs", type=int, default=60000, help="procedural training documents")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every run's max_steps (tests: small)")
     p.add_argument("--batch-size", type=int, default=None, help="override every run's batch size (tests: small)")
