@@ -68,10 +68,11 @@ def _cell(stat: dict[str, float] | None, digits: int = 1, scale: float = 1.0) ->
 
 
 def _bytes_cell(stat: dict[str, float] | None) -> str:
+    """Cache sizes are fixed by the plan, so repeats usually agree: ``± sd`` only when they do not."""
     if stat is None:
         return "–"
     text = human_bytes(stat["mean"])
-    return f"{text} ± {human_bytes(stat['sd'])}" if stat["n"] > 1 else text
+    return f"{text} ± {human_bytes(stat['sd'])}" if stat["n"] > 1 and stat["sd"] > 0 else text
 
 
 def _row(cells: list[str]) -> str:
