@@ -1,0 +1,247 @@
+"""The miniature experiment's plans, the configs of its jobs, and what it refuses; no training here."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hydrahead_lit.cli import main as cli_main
+from hydrahead_lit.experiments import miniature
+from hydrahead_lit.experiments.miniature import DEFAULT_TEACHER, Miniature, main, parse_args, plans
+from hydrahead_lit.experiments.runner import ROOT, callbacks
+
+ALL_PLANS = ["hydrahead_7to1", "hydrahead_3to1", "random_7to1", "layerwise_3to1", "layerwise_best", "layerwise_last",
+             "all_la"]  # fmt: skip
+SELECTION_FILES = {"hydrahead_7to1": "selection_7to1.json", "hydrahead_3to1": "selection_3to1.json",
+                   "layerwise_best": "selection_best_layer.json"}  # fmt: skip
+
+
+def make(tmp_path: Path, *extra: str) -> Miniature:
+    return Miniature(parse_args(["--out", str(tmp_path / "out"), "--seed", "5", *extra]))
+
+
+SMALL = ("--batch-size", "3", "--num-workers", "0", "--eval-samples", "4", "--accelerator", "cpu",
+         "--steps-scale", "0.1")  # fmt: skip
+
+
+# ----- plans and arguments --------------------------------------------------------------------------------
+@pytest.mark.parametrize(("layers", "interleaved"), [(4, [3]), (8, [3, 7]), (2, [1])])
+def test_plans(layers: int, interleaved: list[int]) -> None:
+    p = plans(layers, seed=11)
+    assert list(p) == ALL_PLANS
+    assert p["layerwise_3to1"] == {"plan": {"method": "layerwise", "fa_layers": interleaved}}
+    assert p["layerwise_last"] == {"plan": {"method": "layerwise", "fa_layers": [layers - 1]}}
+    assert p["random_7to1"] == {"plan": {"method": "random", "ratio": 7, "seed": 11}}
+    assert p["all_la"] == {"plan": {"method": "all_la"}}
+    for name, file in SELECTION_FILES.items():
+        assert p[name] == {"head_selection": file}
+
+
+def test_parse_args_defaults() -> None:
+    args = parse_args([])
+    assert args.teacher == DEFAULT_TEACHER == ROOT / "data" / "demo" / "teacher"
+    assert (DEFAULT_TEACHER / "config.json").is_file()  # the bundled teacher is in the repository
+    assert args.seq_len == 256 and args.seed == 0 and args.plans == ALL_PLANS
+    assert args.steps_scale == 1.0 and not args.overwrite
+    assert args.batch_size is None and args.num_workers is None and args.accelerator is None
+    with pytest.raises(SystemExit):
+        parse_args(["--plans", "no_such_plan"])
+
+
+def test_parallel_jobs(tmp_path, monkeypatch) -> None:
+    assert make(tmp_path, "--jobs", "3").parallel == 3
+    monkeypatch.setattr(miniature, "gpu_count", lambda: 0)
+    assert make(tmp_path).parallel == 1  # CPU: one run at a time
+    monkeypatch.setattr(miniature, "gpu_count", lambda: 2)
+    assert make(tmp_path, "--plans", "all_la", "random_7to1").parallel == 2  # GPU: every plan at once
+
+
+# ----- job configs ----------------------------------------------------------------------------------------
+def check_data(m: Miniature, cfg: dict, seq_len: int) -> None:
+    d = cfg["data"]["init_args"]
+    assert d["data_dirs"] == str(m.shared / "data" / "train") and d["val_dir"] == str(m.shared / "data" / "val")
+    assert d["tokenizer"] == str(DEFAULT_TEACHER) and d["seq_len"] == seq_len
+    assert d["seed"] == 5 and cfg["seed_everything"] == 5
+    assert cfg["model"]["init_args"]["teacher"] == str(DEFAULT_TEACHER)
+
+
+def check_run_dir(cfg: dict, run_dir: Path) -> None:
+    assert cfg["trainer"]["logger"]["init_args"] == {"save_dir": str(run_dir.parent), "name": run_dir.name,
+                                                     "version": ""}  # fmt: skip
+    assert [e["dirpath"] for e in callbacks(cfg, "ExportStudent")] == [str(run_dir / "student")]
+
+
+def test_stage1_job(tmp_path) -> None:
+    m = make(tmp_path, *SMALL)
+    job = m.stage1_job()
+    seed_dir = (tmp_path / "out" / "seed5").resolve()
+    assert (job.name, job.subcommand) == ("stage1", "fit")
+    assert job.config == seed_dir / "configs" / "stage1.yaml" and job.log == seed_dir / "logs" / "stage1.log"
+    cfg = job.cfg
+    check_data(m, cfg, 256)
+    check_run_dir(cfg, seed_dir / "stage1")
+    selections = callbacks(cfg, "HeadSelectionCallback")
+    assert len(selections) == 3
+    for sel in selections:
+        assert sel["tokenizer"] == str(DEFAULT_TEACHER) and sel["probe_length"] == 256 and sel["seed"] == 5
+    # The outputs stay relative (next to the TensorBoard files): stage 2 reads them from the stage-1 run dir.
+    assert sorted(s["output"] for s in selections) == sorted(SELECTION_FILES.values())
+    t, d = cfg["trainer"], cfg["data"]["init_args"]
+    assert t["accelerator"] == "cpu" and t["max_steps"] == 30 and t["val_check_interval"] == 30
+    assert d["batch_size"] == 3 and d["num_workers"] == 0
+
+
+def test_without_overrides_the_config_values_stay(tmp_path) -> None:
+    cfg = make(tmp_path, "--seq-len", "128").stage1_job().cfg
+    assert cfg["trainer"]["accelerator"] == "auto" and cfg["trainer"]["max_steps"] == 300
+    assert cfg["data"]["init_args"]["batch_size"] == 16 and cfg["data"]["init_args"]["num_workers"] == 2
+    assert cfg["data"]["init_args"]["seq_len"] == 128
+    assert {s["probe_length"] for s in callbacks(cfg, "HeadSelectionCallback")} == {128}
+
+
+def test_stage2_jobs(tmp_path) -> None:
+    m = make(tmp_path, *SMALL)
+    seed_dir = m.seed_dir
+    jobs = {j.name: j for j in m.stage_jobs(2, plans(4, 5))}
+    assert list(jobs) == [f"{p}_stage2" for p in ALL_PLANS]
+    for name in ALL_PLANS:
+        job = jobs[f"{name}_stage2"]
+        assert job.subcommand == "fit" and job.config == seed_dir / "configs" / f"{name}_stage2.yaml"
+        check_data(m, job.cfg, 256)
+        check_run_dir(job.cfg, seed_dir / name / "stage2")
+        model = job.cfg["model"]["init_args"]
+        assert model["init_from"] == str(seed_dir / "stage1" / "student")
+        if name in SELECTION_FILES:
+            assert model["head_selection"] == str(seed_dir / "stage1" / SELECTION_FILES[name])
+            assert model["plan"] is None
+        else:
+            assert model["head_selection"] is None  # the config's default selection must not win over the plan
+            assert model["plan"] == plans(4, 5)[name]["plan"]
+    assert jobs["random_7to1_stage2"].cfg["model"]["init_args"]["plan"]["seed"] == 5
+
+
+def test_stage3_jobs(tmp_path) -> None:
+    m = make(tmp_path, *SMALL)
+    jobs = m.stage_jobs(3, {"hydrahead_7to1": {"head_selection": "selection_7to1.json"}, "all_la": {}})
+    assert [j.name for j in jobs] == ["hydrahead_7to1_stage3", "all_la_stage3"]
+    for job, name in zip(jobs, ["hydrahead_7to1", "all_la"]):
+        check_data(m, job.cfg, 512)  # twice the teacher's length
+        check_run_dir(job.cfg, m.seed_dir / name / "stage3")
+        model = job.cfg["model"]["init_args"]
+        assert model["init_from"] == str(m.seed_dir / name / "stage2" / "student")
+        assert "plan" not in model and "head_selection" not in model  # the plan comes with the stage-2 export
+
+
+@pytest.mark.parametrize(("seq_len", "samples", "batch"), [(256, "4", 4), (128, "100", 25)])
+def test_eval_job(tmp_path, seq_len: int, samples: str, batch: int) -> None:
+    m = make(tmp_path, "--seq-len", str(seq_len), "--eval-samples", samples, "--accelerator", "cpu")
+    ckpt = m.seed_dir / "all_la" / "stage3" / "student"
+    job = m.eval_job("all_la", ckpt, m.seed_dir)
+    assert (job.name, job.subcommand) == ("eval_all_la", "test")
+    assert job.config == m.seed_dir / "configs" / "eval_all_la.yaml"
+    cfg = job.cfg
+    assert cfg["trainer"]["accelerator"] == "cpu"
+    assert cfg["trainer"]["logger"]["init_args"] == {"save_dir": str(m.seed_dir / "eval"), "name": "tensorboard",
+                                                     "version": "all_la"}  # fmt: skip
+    model = cfg["model"]["init_args"]
+    assert model["checkpoint"] == str(ckpt) and model["name"] == "all_la"
+    assert model["output_dir"] == str(m.seed_dir / "eval" / "all_la")
+    assert model["lengths"] == [seq_len, 2 * seq_len, 4 * seq_len] and model["efficiency_lengths"] == [4 * seq_len]
+    assert model["ppl_seq_len"] == seq_len and model["held_out_dir"] == str(m.shared / "data" / "val")
+    assert model["num_samples"] == int(samples) and model["batch_size"] == batch
+    assert model["seed"] == 0  # the same evaluation samples for every training seed
+
+
+def test_teacher_eval_goes_where_prepare_shared_looks(tmp_path) -> None:
+    m = make(tmp_path)
+    job = m.eval_job("teacher", m.teacher, m.shared)
+    assert job.config == m.shared / "configs" / "eval_teacher.yaml"
+    assert Path(job.cfg["model"]["init_args"]["output_dir"]) == m.shared / "eval" / "teacher"
+
+
+@pytest.mark.parametrize("which", ["stage1", "stage2 selection", "stage2 baseline", "stage3", "eval"])
+def test_every_config_is_accepted_by_the_cli(tmp_path, capsys, monkeypatch, which: str) -> None:
+    """`main.py fit|test --config <written yaml> --print_config` parses and type-checks the config (in-process,
+    as tests/test_configs.py does: a subprocess per config costs ~5 s of imports on 2 cores)."""
+    m = make(tmp_path, *SMALL)
+    job = {
+        "stage1": m.stage1_job,
+        "stage2 selection": lambda: m.stage_jobs(2, {"hydrahead_7to1": plans(4, 5)["hydrahead_7to1"]})[0],
+        "stage2 baseline": lambda: m.stage_jobs(2, {"random_7to1": plans(4, 5)["random_7to1"]})[0],
+        "stage3": lambda: m.stage_jobs(3, {"all_la": {}})[0],
+        "eval": lambda: m.eval_job("all_la", m.seed_dir / "all_la", m.seed_dir),
+    }[which]()
+    path = tmp_path / f"{job.name}.yaml"
+    path.write_text(yaml.safe_dump(job.cfg, sort_keys=False))
+    monkeypatch.setattr(sys, "argv", ["main.py"])  # not pytest's own arguments
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([job.subcommand, "--config", str(path), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    # What the CLI parsed is what was written: no key dropped, renamed or coerced.
+    for key, value in job.cfg["model"]["init_args"].items():
+        assert printed["model"]["init_args"][key] == value, key
+    if job.subcommand == "fit":
+        assert printed["data"]["init_args"]["seq_len"] == job.cfg["data"]["init_args"]["seq_len"]
+        assert printed["trainer"]["max_steps"] == job.cfg["trainer"]["max_steps"]
+        assert printed["seed_everything"] == 5
+
+
+# ----- refusals -------------------------------------------------------------------------------------------
+def teacher_dir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    return path
+
+
+def test_refuses_an_earlier_seed_without_overwrite(tmp_path) -> None:
+    seed_dir = (tmp_path / "out" / "seed5").resolve()
+    (seed_dir / "stage1").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=re.escape(str(seed_dir)) + ".*--overwrite"):
+        main(["--out", str(tmp_path / "out"), "--seed", "5"])
+    assert (seed_dir / "stage1").is_dir()  # nothing removed
+
+
+def test_overwrite_removes_the_earlier_seed(tmp_path, monkeypatch) -> None:
+    seed_dir = tmp_path / "out" / "seed5"
+    (seed_dir / "stage1").mkdir(parents=True)
+    (tmp_path / "out" / "seed6").mkdir()
+
+    def stop(self) -> None:
+        raise RuntimeError("stopped after the removal")
+
+    monkeypatch.setattr(Miniature, "prepare_shared", stop)  # the first step after the teacher check
+    with pytest.raises(RuntimeError, match="stopped"):
+        main(["--out", str(tmp_path / "out"), "--seed", "5", "--overwrite"])
+    assert not seed_dir.exists() and (tmp_path / "out" / "seed6").is_dir()  # only that seed
+
+
+def test_refuses_another_teacher_in_the_same_out(tmp_path) -> None:
+    first, second = teacher_dir(tmp_path / "t1"), teacher_dir(tmp_path / "t2")
+    m = make(tmp_path, "--teacher", str(first))
+    m.check_teacher()
+    assert (m.shared / "teacher.txt").read_text().strip() == str(first.resolve())
+    m.check_teacher()  # the same teacher again: accepted
+    with pytest.raises(SystemExit, match=re.escape(str(first.resolve())) + ".*another --out"):
+        main(["--out", str(tmp_path / "out"), "--seed", "6", "--teacher", str(second)])
+    assert (m.shared / "teacher.txt").read_text().strip() == str(first.resolve())  # record unchanged
+
+
+def test_refuses_a_teacher_without_config(tmp_path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no config.json"):
+        main(["--out", str(tmp_path / "out"), "--teacher", str(tmp_path / "empty")])
+    assert not (tmp_path / "out" / "shared" / "teacher.txt").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="run() removes the seed dir (--overwrite) before check_teacher() refuses")
+def test_a_refused_teacher_leaves_the_earlier_seed_in_place(tmp_path) -> None:
+    first, second = teacher_dir(tmp_path / "t1"), teacher_dir(tmp_path / "t2")
+    make(tmp_path, "--teacher", str(first)).check_teacher()
+    seed_dir = tmp_path / "out" / "seed5"
+    (seed_dir / "eval").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="another --out"):
+        main(["--out", str(tmp_path / "out"), "--seed", "5", "--teacher", str(second), "--overwrite"])
+    assert (seed_dir / "eval").is_dir()  # a refused invocation must not delete results
