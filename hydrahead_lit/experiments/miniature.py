@@ -138,16 +138,24 @@ class Miniature:
         run_jobs(jobs, parallel)
         self.timings[phase] = time.perf_counter() - start
 
-    def check_teacher(self) -> None:
-        """The teacher must be a model directory, and the one every earlier seed in `--out` used."""
+    def check_shared(self) -> None:
+        """The teacher must be a model directory, and the shared settings those of every earlier seed in `--out`
+        (the seeds share one corpus and one teacher evaluation)."""
         if not (self.teacher / "config.json").is_file():
             raise SystemExit(f"--teacher {self.teacher} is not a model directory (no config.json)")
-        record = self.shared / "teacher.txt"
-        if record.is_file() and record.read_text().strip() != str(self.teacher):
-            raise SystemExit(f"{self.out} holds seeds of the teacher {record.read_text().strip()}, not {self.teacher}: "
-                             "seeds of one experiment share a teacher; choose another --out")  # fmt: skip
+        a = self.args
+        settings = {"teacher": str(self.teacher), "seq_len": a.seq_len, "train_docs": a.train_docs,
+                    "eval_samples": a.eval_samples}  # fmt: skip
+        record = self.shared / "settings.json"
+        if record.is_file():
+            earlier = json.loads(record.read_text())
+            diff = {k: (earlier.get(k), v) for k, v in settings.items() if earlier.get(k) != v}
+            if diff:
+                said = ", ".join(f"{k}: {old} (earlier) vs {new}" for k, (old, new) in diff.items())
+                raise SystemExit(f"{self.out} holds seeds made with other shared settings ({said}); the seeds of one "
+                                 "experiment share teacher, corpus and evaluation: choose another --out")  # fmt: skip
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(f"{self.teacher}\n")
+        record.write_text(json.dumps(settings, indent=1) + "\n")
 
     def prepare_shared(self) -> None:
         from hydrahead_lit.demo import prepare_data
@@ -159,13 +167,13 @@ class Miniature:
             self._timed("teacher evaluation", [self.eval_job("teacher", self.teacher, self.shared)])
 
     def run(self) -> dict[str, Any]:
+        self.check_shared()  # before anything is deleted
         if self.seed_dir.exists():
             if not self.args.overwrite:
                 raise SystemExit(f"{self.seed_dir} holds an earlier run of seed {self.args.seed}; pass --overwrite "
                                  "to replace it, or choose another --out or --seed")  # fmt: skip
             shutil.rmtree(self.seed_dir)
         start = time.perf_counter()
-        self.check_teacher()
         self.prepare_shared()
         t_seed = time.perf_counter()
         num_layers = json.loads((self.teacher / "config.json").read_text())["num_hidden_layers"]

@@ -84,7 +84,11 @@ def run_jobs(jobs: list[Job], parallel: int = 1) -> dict[str, float]:
                 if gpus:
                     env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
                 log = job.log.open("w")
-                proc = subprocess.Popen(job.argv(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                try:
+                    proc = subprocess.Popen(job.argv(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                except OSError:
+                    log.close()
+                    raise
                 running[job.name] = (proc, log, job, time.perf_counter())
                 print(f"  started {job.name}: {' '.join(job.argv()[1:])}  (log: {job.log})", flush=True)
             time.sleep(0.5)

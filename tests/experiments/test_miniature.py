@@ -1,5 +1,6 @@
 """The miniature experiment's plans, the configs of its jobs, and what it refuses; no training here."""
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -221,27 +222,32 @@ def test_overwrite_removes_the_earlier_seed(tmp_path, monkeypatch) -> None:
 def test_refuses_another_teacher_in_the_same_out(tmp_path) -> None:
     first, second = teacher_dir(tmp_path / "t1"), teacher_dir(tmp_path / "t2")
     m = make(tmp_path, "--teacher", str(first))
-    m.check_teacher()
-    assert (m.shared / "teacher.txt").read_text().strip() == str(first.resolve())
-    m.check_teacher()  # the same teacher again: accepted
-    with pytest.raises(SystemExit, match=re.escape(str(first.resolve())) + ".*another --out"):
+    m.check_shared()
+    assert json.loads((m.shared / "settings.json").read_text())["teacher"] == str(first.resolve())
+    m.check_shared()  # the same teacher again: accepted
+    with pytest.raises(SystemExit, match=re.escape(str(first.resolve())) + ".*choose another --out"):
         main(["--out", str(tmp_path / "out"), "--seed", "6", "--teacher", str(second)])
-    assert (m.shared / "teacher.txt").read_text().strip() == str(first.resolve())  # record unchanged
+    assert json.loads((m.shared / "settings.json").read_text())["teacher"] == str(first.resolve())  # record unchanged
 
 
 def test_refuses_a_teacher_without_config(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no config.json"):
         main(["--out", str(tmp_path / "out"), "--teacher", str(tmp_path / "empty")])
-    assert not (tmp_path / "out" / "shared" / "teacher.txt").exists()
+    assert not (tmp_path / "out" / "shared" / "settings.json").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="run() removes the seed dir (--overwrite) before check_teacher() refuses")
 def test_a_refused_teacher_leaves_the_earlier_seed_in_place(tmp_path) -> None:
     first, second = teacher_dir(tmp_path / "t1"), teacher_dir(tmp_path / "t2")
-    make(tmp_path, "--teacher", str(first)).check_teacher()
+    make(tmp_path, "--teacher", str(first)).check_shared()
     seed_dir = tmp_path / "out" / "seed5"
     (seed_dir / "eval").mkdir(parents=True)
     with pytest.raises(SystemExit, match="another --out"):
         main(["--out", str(tmp_path / "out"), "--seed", "5", "--teacher", str(second), "--overwrite"])
     assert (seed_dir / "eval").is_dir()  # a refused invocation must not delete results
+
+
+def test_refuses_other_shared_settings_in_the_same_out(tmp_path) -> None:
+    make(tmp_path).check_shared()
+    with pytest.raises(SystemExit, match=r"seq_len: 256 \(earlier\) vs 128"):
+        make(tmp_path, "--seq-len", "128").check_shared()

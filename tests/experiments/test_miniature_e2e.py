@@ -13,7 +13,7 @@ def test_miniature_end_to_end(tmp_path) -> None:
                     "--batch-size", "2", "--num-workers", "0", "--eval-samples", "2", "--train-docs", "300",
                     "--accelerator", "cpu"])  # fmt: skip
     seed_dir = out.resolve() / "seed0"
-    assert (out / "shared" / "teacher.txt").read_text().strip() == str(DEFAULT_TEACHER)
+    assert json.loads((out / "shared" / "settings.json").read_text())["teacher"] == str(DEFAULT_TEACHER)
 
     # Every student was evaluated at 1x, 2x and 4x the teacher's length, with the plan it was trained with.
     fa_groups = {}
