@@ -143,6 +143,10 @@ class Miniature:
         (the seeds share one corpus and one teacher evaluation)."""
         if not (self.teacher / "config.json").is_file():
             raise SystemExit(f"--teacher {self.teacher} is not a model directory (no config.json)")
+        limit = json.loads((self.teacher / "config.json").read_text()).get("max_position_embeddings")
+        if limit is not None and 4 * self.n > limit:  # found now, not after training, when evaluation starts
+            raise SystemExit(f"evaluation at 4 x --seq-len = {4 * self.n} tokens exceeds the teacher's "
+                             f"max_position_embeddings ({limit}); lower --seq-len to at most {limit // 4}")  # fmt: skip
         a = self.args
         settings = {"teacher": str(self.teacher), "seq_len": a.seq_len, "train_docs": a.train_docs,
                     "eval_samples": a.eval_samples}  # fmt: skip

@@ -251,3 +251,9 @@ def test_refuses_other_shared_settings_in_the_same_out(tmp_path) -> None:
     make(tmp_path).check_shared()
     with pytest.raises(SystemExit, match=r"seq_len: 256 \(earlier\) vs 128"):
         make(tmp_path, "--seq-len", "128").check_shared()
+
+
+def test_refuses_a_length_the_teacher_cannot_evaluate(tmp_path) -> None:
+    with pytest.raises(SystemExit, match=r"4 x --seq-len = 2048 .* max_position_embeddings \(1024\)"):
+        make(tmp_path, "--seq-len", "512").check_shared()
+    assert not (tmp_path / "out" / "shared" / "settings.json").exists()
