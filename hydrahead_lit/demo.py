@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from hydrahead_lit.experiments.runner import ROOT, load_config, scale_steps, set_run_dir
+
 CONFIG_DIR = ROOT / "configs" / "demo"
 DEFAULT_TEACHER = ROOT / "data" / "demo" / "teacher"
 DEFAULT_OUT = Path("runs/demo")
@@ -59,22 +60,12 @@ def _rewrite(value: Any, old: str, new: str) -> Any:
     return value
 
 
-def _callbacks(cfg: dict, name: str) -> list[dict]:
-    return [c for c in cfg["trainer"].get("callbacks", []) if c["class_path"].endswith(name)]
-
-
 def stage_config(stage: str, out: Path, teacher: Path, run_dir: Path, steps_scale: float, **model: Any) -> dict:
     """configs/demo/<stage>.yaml with its paths moved under `out` and its run under `run_dir`."""
-    cfg = yaml.safe_load((CONFIG_DIR / f"{stage}.yaml").read_text())
-    cfg = _rewrite(cfg, "runs/demo", str(out))
+    cfg = _rewrite(load_config(CONFIG_DIR / f"{stage}.yaml"), "runs/demo", str(out))
     cfg = _rewrite(cfg, "data/demo/teacher", str(teacher))
-    logger = cfg["trainer"]["logger"]["init_args"]
-    logger["save_dir"], logger["name"] = str(run_dir.parent), run_dir.name
-    for cb in _callbacks(cfg, "ExportStudent"):
-        cb["init_args"]["dirpath"] = str(run_dir / "student")
-    t = cfg["trainer"]
-    t["max_steps"] = max(2, round(t["max_steps"] * steps_scale))
-    t["val_check_interval"] = t["max_steps"]
+    set_run_dir(cfg, run_dir)
+    scale_steps(cfg, steps_scale)
     cfg["model"]["init_args"].update(model)
     return cfg
 

@@ -56,6 +56,9 @@ def plans(num_layers: int, seed: int) -> dict[str, dict[str, Any]]:
     }
 
 
+PLAN_NAMES = tuple(plans(4, 0))
+
+
 class Miniature:
     """Paths and configs of one invocation; `run()` does the work."""
 
@@ -248,7 +251,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--teacher", type=Path, default=DEFAULT_TEACHER, help="teacher directory (default: the demo teacher)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same seed")
-    p.add_argument("--plans", nargs="+", default=list(plans(8, 0)), choices=list(plans(8, 0)),
+    p.add_argument("--plans", nargs="+", default=list(PLAN_NAMES), choices=PLAN_NAMES,
                    help="plans to compare (default: all)")  # fmt: skip
     p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: all plans on GPU, 1 on CPU)")
     p.add_argument(
