@@ -16,15 +16,19 @@ from hydrahead_lit.lit.datamodule import TokenDataModule
 SEQ = 256  # long enough for every synthetic task with the demo tokenizer
 
 
+def _corpora(root, tok, seeds: tuple[int, ...], n_docs: int) -> list[str]:
+    """One prepared demo corpus per seed under `root`."""
+    out = []
+    for seed in seeds:
+        src = write_demo_corpus(root / f"src{seed}", n_docs=n_docs, seed=seed)
+        out.append(str(root / f"corpus{seed}"))
+        prepare_corpus([str(p) for p in src], out[-1], tok, SEQ, chunk_blocks=4)
+    return out
+
+
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory, demo_tok):
-    root = tmp_path_factory.mktemp("dm")
-    out = []
-    for seed in (0, 1):
-        src = write_demo_corpus(root / f"src{seed}", n_docs=400, seed=seed)
-        out.append(str(root / f"corpus{seed}"))
-        prepare_corpus([str(p) for p in src], out[-1], demo_tok, SEQ, chunk_blocks=4)
-    return out
+    return _corpora(tmp_path_factory.mktemp("dm"), demo_tok, (0, 1), n_docs=400)
 
 
 class _Recorder(LightningModule):
@@ -57,13 +61,7 @@ def _fit(dm_kwargs: dict, root, steps: int, ckpt_path=None) -> list[dict[str, to
 @pytest.fixture(scope="module")
 def small_dirs(tmp_path_factory, demo_tok):
     """Two corpora of ~7 batches of 4 rows each, so that short runs cross epochs."""
-    root = tmp_path_factory.mktemp("small")
-    out = []
-    for seed in (2, 3):
-        src = write_demo_corpus(root / f"src{seed}", n_docs=60, seed=seed)
-        out.append(str(root / f"corpus{seed}"))
-        prepare_corpus([str(p) for p in src], out[-1], demo_tok, SEQ, chunk_blocks=4)
-    return out
+    return _corpora(tmp_path_factory.mktemp("small"), demo_tok, (2, 3), n_docs=60)
 
 
 @pytest.mark.parametrize(
