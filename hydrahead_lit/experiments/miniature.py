@@ -71,6 +71,7 @@ class Miniature:
         self.teacher = args.teacher.resolve()
         self.n = args.seq_len
         self.parallel = args.jobs or (len(args.plans) if gpu_count() else 1)
+        self.teacher_config: dict[str, Any] = {}  # its config.json, read by check_shared()
         self.timings: dict[str, float] = {}
         self.stages: dict[str, dict[str, float]] = {}
 
@@ -146,7 +147,8 @@ class Miniature:
         (the seeds share one corpus and one teacher evaluation)."""
         if not (self.teacher / "config.json").is_file():
             raise SystemExit(f"--teacher {self.teacher} is not a model directory (no config.json)")
-        limit = json.loads((self.teacher / "config.json").read_text()).get("max_position_embeddings")
+        self.teacher_config = json.loads((self.teacher / "config.json").read_text())
+        limit = self.teacher_config.get("max_position_embeddings")
         if limit is not None and 4 * self.n > limit:  # found now, not after training, when evaluation starts
             raise SystemExit(f"evaluation at 4 x --seq-len = {4 * self.n} tokens exceeds the teacher's "
                              f"max_position_embeddings ({limit}); lower --seq-len to at most {limit // 4}")  # fmt: skip
@@ -183,7 +185,7 @@ class Miniature:
         start = time.perf_counter()
         self.prepare_shared()
         t_seed = time.perf_counter()
-        num_layers = json.loads((self.teacher / "config.json").read_text())["num_hidden_layers"]
+        num_layers = self.teacher_config["num_hidden_layers"]
         plan_args = {k: v for k, v in plans(num_layers, self.args.seed).items() if k in self.args.plans}
         self._timed("stage 1 + head selection", [self.stage1_job()])
         self.stages["stage1"] = last_scalars(self.seed_dir / "stage1")
