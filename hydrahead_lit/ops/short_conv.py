@@ -40,6 +40,9 @@ def causal_short_conv(
     else:
         padded = torch.cat([conv_state.to(x.dtype), xt], dim=-1)
     y = F.conv1d(padded, weight.to(x.dtype).unsqueeze(1), groups=C)  # [B, C, T]
-    # The last W-1 inputs (fewer than W-1 new ones keep part of the old state).
-    final = padded[:, :, padded.shape[-1] - (W - 1) :] if output_final_state else None
+    final = None
+    if output_final_state:
+        # The last W-1 inputs (fewer than W-1 new ones keep part of the old state), copied: a slice would
+        # keep the whole padded buffer alive in the cache (prefill length, not W-1, positions).
+        final = padded[:, :, padded.shape[-1] - (W - 1) :].clone(memory_format=torch.contiguous_format)
     return y.transpose(1, 2), final

@@ -75,3 +75,14 @@ def test_no_state_unless_asked() -> None:
 def test_bad_shapes_raise(x, weight, state, match) -> None:
     with pytest.raises(ValueError, match=match):
         causal_short_conv(x, weight, conv_state=state)
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_state_is_a_copy_of_the_last_inputs(with_state: bool) -> None:
+    """The state owns W-1 positions, not a view of the whole padded buffer (it lives in the cache)."""
+    x, weight = torch.randn(2, 50, 6), torch.randn(6, 4)
+    prev = torch.randn(2, 6, 3) if with_state else None
+    _, state = causal_short_conv(x, weight, conv_state=prev, output_final_state=True)
+    assert state.is_contiguous()
+    assert state.untyped_storage().nbytes() == state.numel() * state.element_size()
+    torch.testing.assert_close(state, x[:, -3:].transpose(1, 2), rtol=0, atol=0)
