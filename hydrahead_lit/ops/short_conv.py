@@ -30,9 +30,7 @@ def causal_short_conv(
         raise ValueError(f"weight must be [C, W] = [{C}, W>=1] to match x; got {tuple(weight.shape)}")
     W = weight.shape[1]
     if conv_state is not None and conv_state.shape != (B, C, W - 1):
-        raise ValueError(
-            f"conv_state must be [B, C, W-1] = [{B}, {C}, {W - 1}]; got {tuple(conv_state.shape)}"
-        )
+        raise ValueError(f"conv_state must be [B, C, W-1] = [{B}, {C}, {W - 1}]; got {tuple(conv_state.shape)}")
 
     xt = x.transpose(1, 2)  # [B, C, T]: the layout conv1d wants
     if conv_state is None:
