@@ -140,10 +140,14 @@ class HybridAttention(nn.Module):
         )
         return out  # [B, T, Hfa, D]
 
-    def _fused_path_applies(self, x: Tensor, attention_mask: Tensor | None, cache_layer: Any) -> bool:
-        """The fused Triton op covers causal training/prefill without cache, padding mask, sliding window,
-        output gate, and with SDPA as the FA function; everything else takes the composed path."""
-        if not (x.is_cuda and self.num_la_heads and cache_layer is None and attention_mask is None):
+    def _fused_path_applies(
+        self, x: Tensor, attention_mask: Tensor | None, cache_layer: Any, token_valid: Tensor | None
+    ) -> bool:
+        """The fused Triton op covers causal training/prefill without cache, padding, sliding window,
+        output gate, and with SDPA as the FA function; everything else takes the composed path (which
+        skips pads in the LA heads)."""
+        no_padding = attention_mask is None and token_valid is None
+        if not (x.is_cuda and self.num_la_heads and cache_layer is None and no_padding):
             return False
         if self.sliding_window is not None or self.la.g_proj is not None or self.probe_rows is not None:
             return False
@@ -173,13 +177,19 @@ class HybridAttention(nn.Module):
         attention_mask: Tensor | None = None,
         past_key_values: Any = None,
         cache: Any = None,
+        token_valid: Tensor | None = None,
         **kwargs: Any,
     ) -> tuple[Tensor, None]:
+        """`token_valid` [B, T] (bool) marks the real tokens of this call; the student's model derives it
+        from the 2-D `attention_mask` (see `student.token_validity`), None when there is no pad. FA heads
+        mask pads through `attention_mask`; LA heads skip them (their state is untouched by a pad)."""
         cache = cache if cache is not None else past_key_values  # transformers renamed the argument in 5.x
         kwargs.pop("position_ids", None)
         kwargs.pop("use_cache", None)
         kwargs.pop("cache_position", None)
         B, T, _ = hidden_states.shape
+        if token_valid is not None and token_valid.shape != (B, T):
+            raise ValueError(f"token_valid must be [B, T] = [{B}, {T}], got {tuple(token_valid.shape)}")
         cos, sin = position_embeddings
         cache_layer = cache.layers[self.layer_idx] if cache is not None else None
         if cache_layer is not None and not hasattr(cache_layer, "la_state"):
@@ -190,13 +200,13 @@ class HybridAttention(nn.Module):
             if cache_layer is not None:
                 raise ValueError("twin (stage-1) attention does not decode with a cache")
             fa = self._fa_forward(hidden_states, cos, sin, attention_mask, None, **kwargs)
-            la = self.fusion.la(self.la(hidden_states.detach(), cos, sin))
+            la = self.fusion.la(self.la(hidden_states.detach(), cos, sin, valid=token_valid))
             self.last_alignment = (fa.detach(), la)
             if self.patch_heads:  # activation patching: these heads' FA outputs become their LA twins'
                 fa = fa.clone()
                 fa[:, :, self.patch_heads] = la[:, :, self.patch_heads].to(fa.dtype)
             return self.o_proj(fa.reshape(B, T, -1)), None
-        if self._fused_path_applies(hidden_states, attention_mask, cache_layer):
+        if self._fused_path_applies(hidden_states, attention_mask, cache_layer, token_valid):
             return self.o_proj(self._fused_forward(hidden_states, cos, sin).reshape(B, T, -1)), None
         parts = []
         if self.num_fa_heads:
@@ -207,6 +217,6 @@ class HybridAttention(nn.Module):
             cache_layer.advance(T)
         if self.num_la_heads:
             state = cache_layer.la_state if cache_layer is not None else None
-            parts.append(self.fusion.la(self.la(hidden_states, cos, sin, state)))
+            parts.append(self.fusion.la(self.la(hidden_states, cos, sin, state, valid=token_valid)))
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
         return self.o_proj(out.reshape(B, T, -1)), None

@@ -19,7 +19,13 @@ from hydrahead_lit.modeling.arch import check_supported, decoder_layers, resolve
 from hydrahead_lit.modeling.attention import HybridAttention
 from hydrahead_lit.modeling.linear_heads import GatedDeltaNetHeads, LAConfig
 from hydrahead_lit.modeling.plan import HeadPlan
-from hydrahead_lit.modeling.student import HYDRAHEAD_CONFIG_KEY, base_class, hydrahead_spec, student_class
+from hydrahead_lit.modeling.student import (
+    HYDRAHEAD_CONFIG_KEY,
+    base_class,
+    hydrahead_spec,
+    install_padding_hook,
+    student_class,
+)
 
 
 def attention_layout(attn: nn.Module) -> dict:
@@ -213,6 +219,7 @@ def convert(
         )
     setattr(student.config, HYDRAHEAD_CONFIG_KEY, hydrahead_spec(base_cls, plan, cfg, twins, arch))
     student.__class__ = student_class(base_cls)
+    install_padding_hook(student)
     impl = resolve_fa_implementation(student, fa_implementation)
     if impl != getattr(student.config, "_attn_implementation", None):
         student.set_attn_implementation(impl)

@@ -136,17 +136,27 @@ class GatedDeltaNetHeads(nn.Module):
             self.g_proj.bias.fill_(4.0)
 
     def rule_inputs(
-        self, x: Tensor, cos: Tensor | None, sin: Tensor | None, state: dict | None = None
+        self,
+        x: Tensor,
+        cos: Tensor | None,
+        sin: Tensor | None,
+        state: dict | None = None,
+        valid: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """q, k (L2-normalised), v [B, T, H, D] and g, beta [B, T, H] of the gated delta rule; updates the
-        conv state in `state` when given."""
+        conv state in `state` when given.
+
+        `valid` [B, T] (bool) marks real tokens. A pad writes nothing: the conv skips it, and there
+        g = 0 (no decay), beta = 0 (no write) and k = v = 0, so the delta-rule step is the identity on the
+        state whatever the projections' biases would write (exact in every backend: a zero write adds 0).
+        """
         B, T, _ = x.shape
         H, D = self.num_heads, self.head_dim
         qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
         if self.conv is not None:
             prev = None if state is None else state.get("conv")
             qkv, conv_state = causal_short_conv(
-                qkv, self.conv.to(qkv.dtype), prev, output_final_state=state is not None
+                qkv, self.conv.to(qkv.dtype), prev, output_final_state=state is not None, valid=valid
             )
             if state is not None:
                 state["conv"] = conv_state
@@ -159,12 +169,24 @@ class GatedDeltaNetHeads(nn.Module):
         k = F.normalize(k.float(), dim=-1).to(v.dtype)
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())
         beta = torch.sigmoid(self.b_proj(x).float())
+        if valid is not None:
+            pad = ~valid.to(torch.bool)
+            g, beta = g.masked_fill(pad[:, :, None], 0.0), beta.masked_fill(pad[:, :, None], 0.0)
+            k, v = k.masked_fill(pad[:, :, None, None], 0.0), v.masked_fill(pad[:, :, None, None], 0.0)
         return q, k, v, g, beta
 
-    def forward(self, x: Tensor, cos: Tensor | None, sin: Tensor | None, state: dict | None = None) -> Tensor:
-        """Run the heads; `state` (a dict with 'recurrent' and 'conv' entries) is read and updated."""
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor | None,
+        sin: Tensor | None,
+        state: dict | None = None,
+        valid: Tensor | None = None,
+    ) -> Tensor:
+        """Run the heads; `state` (a dict with 'recurrent' and 'conv' entries) is read and updated; pad
+        positions (`valid` False) leave it untouched (see `rule_inputs`)."""
         B, T, _ = x.shape
-        q, k, v, g, beta = self.rule_inputs(x, cos, sin, state)
+        q, k, v, g, beta = self.rule_inputs(x, cos, sin, state, valid)
         initial = None if state is None else state.get("recurrent")
         o, final = gated_delta_rule(
             q, k, v, g, beta, initial_state=initial, output_final_state=state is not None, backend=self.cfg.backend

@@ -14,8 +14,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import torch
 import transformers
-from torch import nn
+from torch import Tensor, nn
 
 from hydrahead_lit.modeling.cache import HybridCache, cache_bytes
 from hydrahead_lit.modeling.linear_heads import LAConfig
@@ -35,6 +36,62 @@ def hydrahead_spec(base_cls: type, plan: HeadPlan, la_cfg: LAConfig, twins: bool
         "la": la_cfg.to_dict(),
         "twins": bool(twins),
     }
+
+
+def token_validity(attention_mask: Tensor | None, num_tokens: int, has_la_heads: bool) -> Tensor | None:
+    """[B, num_tokens] bool, True at the real tokens of this call, from the 2-D `attention_mask` of the
+    whole sequence so far ([B, past + num_tokens]); None when there is no mask or no pad among them.
+
+    LA heads must know which positions are pads to leave their state untouched there; a 4-D mask does not
+    say it, so a model with LA heads refuses one.
+    """
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2:
+        if not has_la_heads:
+            return None  # FA heads read the mask as it is
+        raise ValueError(
+            f"a HydraHead student with LA heads needs the 2-D padding mask [batch, length] as attention_mask "
+            f"(got {attention_mask.dim()}-D): LA heads skip pad tokens, which a {attention_mask.dim()}-D mask "
+            "does not name. Pass the 2-D mask, or token_valid=[batch, new tokens] (True at real tokens)"
+        )
+    if attention_mask.shape[-1] < num_tokens:
+        raise ValueError(
+            f"attention_mask covers {attention_mask.shape[-1]} positions but this call has {num_tokens} tokens: "
+            "it must cover the past and the new tokens"
+        )
+    valid = attention_mask[:, attention_mask.shape[-1] - num_tokens :].to(torch.bool)
+    if not torch.compiler.is_compiling() and bool(valid.all()):
+        return None  # no pad: the fast paths that do not handle padding stay open
+    return valid
+
+
+def _token_validity_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Forward pre-hook of the student's decoder model: passes `token_valid` down to every layer."""
+    if kwargs.get("token_valid") is not None:
+        return None
+    mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    embeds = kwargs.get("inputs_embeds")
+    tokens = ids if ids is not None else embeds
+    if mask is None or tokens is None:
+        return None
+    has_la = any(getattr(layer.self_attn, "num_la_heads", 0) for layer in module.layers)
+    valid = token_validity(mask, tokens.shape[1], has_la)
+    if valid is None:
+        return None
+    return args, {**kwargs, "token_valid": valid}
+
+
+def install_padding_hook(model: nn.Module) -> None:
+    """Make the student's decoder model derive `token_valid` from `attention_mask` on every call
+    (generate, the causal LM's forward, or a direct call of the decoder model); idempotent."""
+    from hydrahead_lit.modeling.arch import decoder_layers
+
+    decoder_layers(model)  # a clear error for a model without `model.layers`
+    inner = model.model
+    if _token_validity_hook not in inner._forward_pre_hooks.values():
+        inner.register_forward_pre_hook(_token_validity_hook, with_kwargs=True)
 
 
 def _install_hybrid_attention(model: nn.Module) -> None:
@@ -65,6 +122,7 @@ class HydraHeadMixin:
         if getattr(config, HYDRAHEAD_CONFIG_KEY, None) is None:
             raise ValueError("a HydraHead student config needs a 'hydrahead' entry: build students with hh.convert")
         _install_hybrid_attention(self)
+        install_padding_hook(self)
 
     @property
     def head_plan(self) -> HeadPlan:

@@ -86,3 +86,56 @@ def test_state_is_a_copy_of_the_last_inputs(with_state: bool) -> None:
     assert state.is_contiguous()
     assert state.untyped_storage().nbytes() == state.numel() * state.element_size()
     torch.testing.assert_close(state, x[:, -3:].transpose(1, 2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("pattern", ["left", "right", "interleaved", "all_pads"])
+def test_pads_are_skipped(pattern: str, with_state: bool) -> None:
+    """With `valid`, each row gives what its real tokens alone give: outputs, zeros at pads, final state."""
+    B, T, C, W = 3, 9, 5, 4
+    x, weight = torch.randn(B, T, C), torch.randn(C, W)
+    prev = torch.randn(B, C, W - 1) if with_state else None
+    n_real = torch.tensor([9, 5, 2])
+    valid = torch.arange(T)[None, :] < n_real[:, None]  # right padding
+    if pattern == "left":
+        valid = valid.flip(1)
+    elif pattern == "interleaved":
+        valid = torch.rand(B, T, generator=torch.Generator().manual_seed(0)) > 0.4
+    elif pattern == "all_pads":
+        valid[1] = False
+    y, state = causal_short_conv(x, weight, conv_state=prev, output_final_state=True, valid=valid)
+    for b in range(B):
+        if not valid[b].any():
+            continue  # checked below
+        alone = x[b : b + 1, valid[b]]
+        y_alone, s_alone = causal_short_conv(
+            alone, weight, conv_state=None if prev is None else prev[b : b + 1], output_final_state=True
+        )
+        torch.testing.assert_close(y[b, valid[b]], y_alone[0], rtol=1e-6, atol=1e-6)
+        assert (y[b, ~valid[b]] == 0).all()
+        torch.testing.assert_close(state[b], s_alone[0], rtol=0, atol=0)
+    if pattern == "all_pads":  # a row of pads leaves the state as it was
+        expected = torch.zeros(C, W - 1) if prev is None else prev[1]
+        torch.testing.assert_close(state[1], expected, rtol=0, atol=0)
+        assert (y[1] == 0).all()
+
+
+def test_all_valid_equals_no_mask() -> None:
+    x, weight = torch.randn(2, 6, 3), torch.randn(3, 3)
+    y, s = causal_short_conv(x, weight, output_final_state=True)
+    y2, s2 = causal_short_conv(x, weight, output_final_state=True, valid=torch.ones(2, 6, dtype=torch.bool))
+    torch.testing.assert_close(y2, y, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s2, s, rtol=0, atol=0)
+
+
+def test_pad_gradients_are_zero() -> None:
+    x = torch.randn(1, 6, 3, requires_grad=True)
+    valid = torch.tensor([[False, True, True, False, True, True]])
+    y, _ = causal_short_conv(x, torch.randn(3, 3), valid=valid)
+    y.sum().backward()
+    assert (x.grad[0, ~valid[0]] == 0).all() and (x.grad[0, valid[0]] != 0).any()
+
+
+def test_bad_valid_shape_raises() -> None:
+    with pytest.raises(ValueError, match="valid must be"):
+        causal_short_conv(torch.zeros(1, 3, 2), torch.zeros(2, 2), valid=torch.ones(1, 4, dtype=torch.bool))
