@@ -372,14 +372,19 @@ class HeadSelectionCallback(Callback):
 
 
 def _load_tokenizer(spec: str | Path) -> Any:
-    """ "demo" (the bundled tokenizer) or a local tokenizer directory; nothing is downloaded."""
+    """ "demo" (the bundled tokenizer), a local tokenizer directory or a GGUF file; nothing is downloaded."""
     if str(spec) == "demo":
         from hydrahead_lit.data.demo import demo_tokenizer
 
         return demo_tokenizer()
+    from hydrahead_lit.teachers import is_gguf, load_teacher_tokenizer
+
+    if is_gguf(spec):  # a GGUF teacher file describes its tokenizer
+        return load_teacher_tokenizer(spec)
     path = Path(spec).expanduser()
     if not path.is_dir():
-        raise ValueError(f"tokenizer {str(spec)!r} is not a local directory (nothing is downloaded) nor 'demo'")
+        raise ValueError(f"tokenizer {str(spec)!r} is not a local directory (nothing is downloaded), a .gguf file "
+                         "nor 'demo'")  # fmt: skip
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)

@@ -27,17 +27,21 @@ DEFAULT_CHUNK_BLOCKS = 256  # 256 x 4097 tokens ~ 4 MB (int32) per chunk at seq_
 
 
 def load_tokenizer(tokenizer):
-    """A tokenizer object from an object, a local directory, or ``"demo"`` (the bundled one)."""
+    """A tokenizer object from an object, a local directory, a GGUF file or ``"demo"`` (the bundled one)."""
     if not isinstance(tokenizer, (str, os.PathLike)):
         return tokenizer
     if str(tokenizer) == "demo":
         from hydrahead_lit.data.demo import demo_tokenizer
 
         return demo_tokenizer()
+    from hydrahead_lit.teachers import is_gguf, load_teacher_tokenizer
+
+    if is_gguf(tokenizer):  # a GGUF teacher file describes its tokenizer
+        return load_teacher_tokenizer(tokenizer)
     path = Path(tokenizer).expanduser()
     if not path.is_dir():
         raise ValueError(f"tokenizer {tokenizer!r} is not a local directory (nothing is downloaded); "
-                         "pass the teacher's model directory or 'demo'")  # fmt: skip
+                         "pass the teacher's model directory, its .gguf file, or 'demo'")  # fmt: skip
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)

@@ -1,4 +1,5 @@
-"""Load a model to evaluate: a HydraHead student saved by this project or a local Hugging Face teacher.
+"""Load a model to evaluate: a HydraHead student saved by this project or a local Hugging Face teacher
+(a model directory, or a GGUF file read through `hydrahead_lit.teachers`).
 
 Both are directories written by ``save_pretrained``; a ``hydrahead`` entry in ``config.json`` marks a
 student. Nothing is downloaded. Checks that need only ``config.json`` (the path, the length limit)
@@ -15,12 +16,15 @@ import torch
 from torch import nn
 
 from hydrahead_lit.modeling.student import HYDRAHEAD_CONFIG_KEY
+from hydrahead_lit.teachers import is_gguf, load_teacher, load_teacher_tokenizer, teacher_config_dict
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """``config.json`` of a saved model directory; ValueError naming what is wrong otherwise."""
+    if is_gguf(path):  # a teacher in one GGUF file: its config comes from the file's metadata
+        return teacher_config_dict(path)
     p = Path(path).expanduser()
     if not p.exists():
         raise ValueError(f"checkpoint {str(path)!r} does not exist; pass a directory written by save_pretrained "
@@ -75,6 +79,8 @@ def load_tokenizer(path: str | Path, tokenizer: Any = None) -> Any:
         from hydrahead_lit.data.demo import demo_tokenizer
 
         return demo_tokenizer()
+    if is_gguf(tokenizer or path):  # a GGUF file describes its tokenizer
+        return load_teacher_tokenizer(tokenizer or path)
     src = Path(tokenizer).expanduser() if tokenizer else Path(path).expanduser()
     if not src.is_dir():
         raise ValueError(f"tokenizer {str(src)!r} is not a directory; pass a local tokenizer directory or 'demo'")
@@ -100,6 +106,8 @@ def load_model(
         if config[HYDRAHEAD_CONFIG_KEY].get("twins"):
             raise ValueError(f"{path} is a stage-1 twin model; evaluate the stage-2/3 student built from it")
         model = load_student(path, dtype=_DTYPES[dtype])
+    elif is_gguf(path):
+        model = load_teacher(path, dtype)
     else:
         from transformers import AutoModelForCausalLM
 
