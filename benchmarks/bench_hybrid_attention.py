@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
-import kernels.gated_delta_rule as gdn_mod
+import hydrahead_lit.kernels.gated_delta_rule as gdn_mod
+from hydrahead_lit.kernels.gated_delta_rule import chunk_gated_delta_rule_triton
+from hydrahead_lit.kernels.hybrid_attention import hybrid_attention_triton
 from hydrahead_lit.ops.gated_delta_rule import chunk_gated_delta_rule_ref
 from hydrahead_lit.ops.hybrid_attention import hybrid_attention_ref
-from kernels.gated_delta_rule import chunk_gated_delta_rule_triton
-from kernels.hybrid_attention import hybrid_attention_triton
 
 TOL = 1e-2
 FAILURES: list[str] = []

@@ -8,6 +8,7 @@ Public API::
     student.save_pretrained("out/student"); student = hh.load_student("out/student")
 """
 
+import hydrahead_lit._checkout  # noqa: F401  (first: maps hydrahead_lit.kernels in an uninstalled checkout)
 from hydrahead_lit.modeling.cache import HybridCache, cache_bytes
 from hydrahead_lit.modeling.convert import convert, teacher_head_rms
 from hydrahead_lit.modeling.linear_heads import LAConfig

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.gdn_common import interpret_mode, load_rows, load_vec, store_rows
+from .gdn_common import interpret_mode, load_rows, load_vec, store_rows
 
 
 @triton.jit

@@ -19,11 +19,12 @@ import torch
 import triton
 from torch import Tensor
 
-from kernels.gdn_bwd import gdn_bwd_du_local_kernel, gdn_bwd_intra_kernel, gdn_bwd_state_kernel, gdn_bwd_wy_kernel
-from kernels.gdn_common import interpret_mode
-from kernels.gdn_fwd import gdn_fwd_out_kernel, gdn_fwd_prep_kernel, gdn_fwd_state_kernel
+from .checks import check_gdn_inputs
+from .gdn_bwd import gdn_bwd_du_local_kernel, gdn_bwd_intra_kernel, gdn_bwd_state_kernel, gdn_bwd_wy_kernel
+from .gdn_common import interpret_mode
+from .gdn_fwd import gdn_fwd_out_kernel, gdn_fwd_prep_kernel, gdn_fwd_state_kernel
 
-__all__ = ["chunk_gated_delta_rule_triton", "gdn_backward", "gdn_forward", "GDNSaved"]
+__all__ = ["chunk_gated_delta_rule_triton", "check_gdn_inputs", "gdn_backward", "gdn_forward", "GDNSaved"]
 
 CHUNK = 64
 
@@ -39,26 +40,6 @@ def _bv(V: int) -> int:
 
 def _s3(x: Tensor) -> tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
-
-
-def check_gdn_inputs(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor) -> None:
-    """Raise a ValueError naming what the Triton kernels cannot take."""
-    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            "the Triton gated delta rule needs q, k [B, T, H, K] and v [B, T, H, V] with the same B, T, H "
-            f"(one KV head per query head: expand KV heads first); got q {tuple(q.shape)}, "
-            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
-    if g.shape != q.shape[:3] or beta.shape != q.shape[:3]:
-        raise ValueError(
-            f"g and beta must be [B, T, H] = {tuple(q.shape[:3])}; got {tuple(g.shape)}, {tuple(beta.shape)}"
-        )
-    for name, d in (("K", q.shape[-1]), ("V", v.shape[-1])):
-        if d < 16 or d & (d - 1):
-            raise ValueError(f"head dim {name} must be a power of two >= 16 for the Triton kernels; got {d}")
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if x.stride(-1) != 1:
-            raise ValueError(f"{name} must be contiguous in its last dimension; call .contiguous() first")
 
 
 @dataclass
@@ -147,10 +128,9 @@ def gdn_forward(
     hs = torch.empty(B, H, NT, K, V, device=dev, dtype=dt)
     interp = interpret_mode()
     warps = {} if interp else {"num_warps": 8}
-    log2_bt = BT.bit_length() - 1
     gdn_fwd_prep_kernel[lay.chunk_grid(B, H)](
         k, v, g, beta, Gc, Tinv, W, U, *lay.chunk_args(Gc), T, H, *_s3(k), *_s3(v), *_s3(g), *_s3(beta),
-        K=K, V=V, BT=BT, LOG2_BT=log2_bt, IS_VARLEN=lay.varlen, **warps,
+        K=K, V=V, BT=BT, IS_VARLEN=lay.varlen, **warps,
     )  # fmt: skip
     ht = torch.empty(lay.N, H, K, V, device=dev, dtype=torch.float32) if output_final_state else None
     h0 = initial_state.float().contiguous() if initial_state is not None else None
@@ -300,23 +280,3 @@ def chunk_gated_delta_rule_triton(
     return _ChunkGatedDeltaRule.apply(
         q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size, cu_seqlens
     )
-
-
-def _la_backend_fn(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False):
-    """The ``"triton"`` LA backend: :func:`chunk_gated_delta_rule_triton` with GQA by expansion."""
-    from hydrahead_lit.ops.la_backend import collapse_state, expand_kv_heads
-
-    k, v, g, beta, initial_state, group = expand_kv_heads(q, k, v, g, beta, initial_state)
-    o, state = chunk_gated_delta_rule_triton(
-        q, k.contiguous() if k.stride(-1) != 1 else k, v, g, beta, scale, initial_state, output_final_state
-    )
-    return o, collapse_state(state, group)
-
-
-def _register() -> None:
-    from hydrahead_lit.ops.la_backend import register_la_backend
-
-    register_la_backend("triton", _la_backend_fn, lambda device, needs_grad: torch.device(device).type == "cuda")
-
-
-_register()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.gdn_common import (
+from .gdn_common import (
     chunk_coords,
     chunk_revcumsum,
     decay_matrix,
@@ -34,7 +34,7 @@ from kernels.gdn_common import (
     store_rows,
     store_vec,
 )
-from kernels.gdn_fwd import load_chunk_decay
+from .gdn_fwd import load_chunk_decay
 
 
 @triton.jit

@@ -88,23 +88,32 @@ def decay_matrix(G, STRICT: tl.constexpr, BT: tl.constexpr):
 
 
 @triton.jit
-def wy_matrices(k, beta, G, BT: tl.constexpr, LOG2_BT: tl.constexpr):
-    """Return ``(A, T)`` of the chunk: ``A`` strictly lower, ``T = (I + A)^-1``.
+def unit_lower_inverse(A, BT: tl.constexpr):
+    """``(I + A)^-1`` of a strictly lower ``[BT, BT]`` tile, by forward substitution in float32.
 
-    ``A`` is nilpotent (``A^BT = 0``), so ``(I + A)^-1 = sum_{n < BT} (-A)^n
-    = (I - A)(I + A^2)(I + A^4)...(I + A^(BT/2))``: ``2 log2(BT) - 2`` matrix products on the tensor
-    cores instead of ``BT`` sequential substitution steps (tf32 on the GPU: its rounding is below
-    the bf16 rounding the factors get next).
+    Column ``j`` of the elimination subtracts ``A_ij X_j`` from every later row ``i`` once row ``j``
+    is final. Each entry is a sum of products of ``A`` entries and earlier (final) entries of the
+    inverse, so its rounding error stays at a few ulps of the terms (forward substitution is backward
+    stable). The power series ``sum_n (-A)^n`` it replaces is exact in exact arithmetic but not in
+    floating point: with correlated keys ``|A_ij|`` is near ``beta``, the partial sums grow like
+    binomial coefficients (``C(63, 31) ~ 1e18`` for a 64-step chunk) and cancel catastrophically.
     """
     i = tl.arange(0, BT)
+    rows = i[:, None]
+    cols = i[None, :]
+    X = tl.where(rows == cols, 1.0, 0.0)
+    for j in range(BT - 1):
+        x_j = tl.sum(tl.where(rows == j, X, 0.0), axis=0)  # row j, final from here on
+        a_j = tl.sum(tl.where(cols == j, A, 0.0), axis=1)  # column j: zero on rows <= j
+        X = X - a_j[:, None] * x_j[None, :]
+    return X
+
+
+@triton.jit
+def wy_matrices(k, beta, G, BT: tl.constexpr):
+    """Return ``(A, T)`` of the chunk: ``A`` strictly lower, ``T = (I + A)^-1`` (float32)."""
     A = beta[:, None] * tl.dot(k, tl.trans(k)) * decay_matrix(G, True, BT)
-    eye = tl.where(i[:, None] == i[None, :], 1.0, 0.0)
-    P = eye - A
-    Apow = A
-    for _ in tl.static_range(LOG2_BT - 1):
-        Apow = tl.dot(Apow, Apow)
-        P = P + tl.dot(P, Apow)
-    return A, P
+    return A, unit_lower_inverse(A, BT)
 
 
 @triton.jit

@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.gdn_common import (
+from .gdn_common import (
     chunk_coords,
     chunk_cumsum,
     decay_matrix,
@@ -44,7 +44,7 @@ def load_chunk_decay(Gc, row0, T, BT: tl.constexpr):
 def gdn_fwd_prep_kernel(
     k, v, g, beta, Gc, Tinv, W, U, cu_seqlens, chunk_indices, T, H,
     skb, skt, skh, svb, svt, svh, sgb, sgt, sgh, sbb, sbt, sbh,
-    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, LOG2_BT: tl.constexpr, IS_VARLEN: tl.constexpr,
+    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):  # fmt: skip
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # 64-bit offsets for large B*H*T
     b, h, bos, Tn, c = chunk_coords(i_t, i_bh, H, T, cu_seqlens, chunk_indices, IS_VARLEN)
@@ -56,7 +56,7 @@ def gdn_fwd_prep_kernel(
     bb = load_vec(beta + b * sbb + bos * sbt + h * sbh, row0, Tn, sbt, BT)
     G = chunk_cumsum(gg, BT)
     store_vec(Gc + buf, G, row0, Tn, 1, BT)
-    _, Tm = wy_matrices(kk, bb, G, BT, LOG2_BT)
+    _, Tm = wy_matrices(kk, bb, G, BT)
     # The factors are stored in the input dtype, so the products run on operands rounded to it.
     dt = kk.dtype
     Tm = Tm.to(dt)

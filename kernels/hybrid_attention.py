@@ -10,7 +10,7 @@ scatter or concatenation):
   into the FA slice. On CUDA it runs while the LA kernels run on a side stream; the two parts only
   meet in the output buffer.
 
-Definition and argument checks: :mod:`hydrahead_lit.ops.hybrid_attention`.
+Definition: :mod:`hydrahead_lit.ops.hybrid_attention`; argument checks: ``checks.py``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hydrahead_lit.ops.hybrid_attention import check_hybrid_inputs
-from kernels.fusion_norm import fusion_norm_backward
-from kernels.gated_delta_rule import GDNSaved, check_gdn_inputs, gdn_backward, gdn_forward
+from .checks import check_gdn_inputs, check_hybrid_inputs
+from .fusion_norm import fusion_norm_backward
+from .gated_delta_rule import GDNSaved, gdn_backward, gdn_forward
 
 __all__ = ["hybrid_attention_triton"]
 

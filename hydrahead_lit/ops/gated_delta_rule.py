@@ -8,8 +8,9 @@ Per KV head, with a state ``S`` of shape ``[K, V]``, decay ``a_t = exp(g_t)`` an
 
 This is the convention of flash-linear-attention's gated delta rule (Yang et al., "Gated Delta
 Networks", 2024). Query heads are grouped as in GQA: query head ``h`` reads the state of KV head
-``h // (Hq // Hkv)``. Both functions compute in float32, return the output in ``v``'s dtype and the
-final state in float32, and are differentiable by autograd (including w.r.t. ``initial_state``).
+``h // (Hq // Hkv)``. Both functions compute in float32 (float64 when ``v`` is float64: the
+precision the kernels' tests compare against), return the output in ``v``'s dtype and the final
+state in the compute dtype, and are differentiable by autograd (including w.r.t. ``initial_state``).
 ``q`` and ``k`` are used as given: callers L2-normalize them.
 """
 
@@ -52,10 +53,15 @@ def _check_inputs(
     return B, T, Hq, Hkv, K, V
 
 
-def _initial_state(initial_state: Tensor | None, B: int, H: int, K: int, V: int, device) -> Tensor:
+def _compute_dtype(v: Tensor) -> torch.dtype:
+    """float32, or float64 for float64 inputs."""
+    return torch.float64 if v.dtype == torch.float64 else torch.float32
+
+
+def _initial_state(initial_state: Tensor | None, B: int, H: int, K: int, V: int, device, dtype) -> Tensor:
     if initial_state is None:
-        return torch.zeros(B, H, K, V, dtype=torch.float32, device=device)
-    return initial_state.float()
+        return torch.zeros(B, H, K, V, dtype=dtype, device=device)
+    return initial_state.to(dtype)
 
 
 def recurrent_gated_delta_rule(
@@ -84,11 +90,12 @@ def recurrent_gated_delta_rule(
     B, T, Hq, Hkv, K, V = _check_inputs(q, k, v, g, beta, initial_state)
     G = Hq // Hkv
     scale = K**-0.5 if scale is None else scale
-    qf = q.float().reshape(B, T, Hkv, G, K) * scale
-    kf, vf = k.float(), v.float()
-    decay, bf = g.float().exp(), beta.float()
+    cd = _compute_dtype(v)
+    qf = q.to(cd).reshape(B, T, Hkv, G, K) * scale
+    kf, vf = k.to(cd), v.to(cd)
+    decay, bf = g.to(cd).exp(), beta.to(cd)
 
-    state = _initial_state(initial_state, B, Hkv, K, V, q.device)
+    state = _initial_state(initial_state, B, Hkv, K, V, q.device, cd)
     outs = []
     for t in range(T):
         state = state * decay[:, t, :, None, None]
@@ -136,12 +143,14 @@ def chunk_gated_delta_rule_ref(
     N = math.ceil(T / C)
     pad = N * C - T
 
-    # [B, H, T, D] float32, zero-padded in time (k = 0, beta = 0, g = 0: padded steps write nothing).
-    qf = F.pad(q.float().transpose(1, 2), (0, 0, 0, pad))
-    kf = F.pad(k.float().transpose(1, 2), (0, 0, 0, pad))
-    vf = F.pad(v.float().transpose(1, 2), (0, 0, 0, pad))
-    gf = F.pad(g.float().transpose(1, 2), (0, pad))
-    bf = F.pad(beta.float().transpose(1, 2), (0, pad))
+    # [B, H, T, D] in the compute dtype, zero-padded in time (k = 0, beta = 0, g = 0: padded steps
+    # write nothing).
+    cd = _compute_dtype(v)
+    qf = F.pad(q.to(cd).transpose(1, 2), (0, 0, 0, pad))
+    kf = F.pad(k.to(cd).transpose(1, 2), (0, 0, 0, pad))
+    vf = F.pad(v.to(cd).transpose(1, 2), (0, 0, 0, pad))
+    gf = F.pad(g.to(cd).transpose(1, 2), (0, pad))
+    bf = F.pad(beta.to(cd).transpose(1, 2), (0, pad))
 
     qc = qf.reshape(B, Hkv, G, N, C, K).transpose(2, 3)  # [B, H, N, G, C, K]
     kc = kf.reshape(B, Hkv, N, C, K)
@@ -168,7 +177,7 @@ def chunk_gated_delta_rule_ref(
     k_to_end = kc * (cum[..., -1:] - cum).exp()[..., None]  # decay from step j to the chunk end
     chunk_decay = cum[..., -1].exp()  # [B, H, N]
 
-    state = _initial_state(initial_state, B, Hkv, K, V, q.device)
+    state = _initial_state(initial_state, B, Hkv, K, V, q.device, cd)
     starts, writes = [], []
     for n in range(N):
         u = u_base[:, :, n] - w[:, :, n] @ state

@@ -19,44 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hydrahead_lit.kernels.checks import check_hybrid_inputs
 from hydrahead_lit.ops.gated_delta_rule import chunk_gated_delta_rule_ref
 
 __all__ = ["check_hybrid_inputs", "hybrid_attention", "hybrid_attention_ref", "triton_available"]
 
 logger = logging.getLogger("hydrahead_lit")
-
-
-def check_hybrid_inputs(
-    q_fa: Tensor, k_fa: Tensor, v_fa: Tensor, q_la: Tensor, k_la: Tensor, v_la: Tensor,
-    g: Tensor, beta: Tensor, fa_gain: Tensor, la_weight: Tensor,
-) -> None:  # fmt: skip
-    """Raise a ValueError saying which argument has the wrong shape."""
-    if q_fa.dim() != 4 or q_la.dim() != 4:
-        raise ValueError(f"q_fa and q_la must be [B, T, H, D]; got {tuple(q_fa.shape)}, {tuple(q_la.shape)}")
-    B, T, Hfa, D = q_fa.shape
-    Hla = q_la.shape[2]
-    if q_la.shape != (B, T, Hla, D):
-        raise ValueError(f"q_la must be [B, T, Hla, D] with q_fa's B, T, D = {B, T, D}; got {tuple(q_la.shape)}")
-    Hkv = k_fa.shape[2] if k_fa.dim() == 4 else -1
-    if k_fa.shape != (B, T, Hkv, D) or v_fa.shape != k_fa.shape:
-        raise ValueError(
-            f"k_fa and v_fa must be [B, T, Hfa_kv, D] = [{B}, {T}, Hfa_kv, {D}]; got {tuple(k_fa.shape)}, "
-            f"{tuple(v_fa.shape)}"
-        )
-    if (Hkv == 0) != (Hfa == 0) or (Hkv > 0 and Hfa % Hkv != 0):
-        raise ValueError(f"FA query heads ({Hfa}) must be a multiple of FA KV heads ({Hkv}) (GQA)")
-    for name, x in (("k_la", k_la), ("v_la", v_la)):
-        if x.shape != q_la.shape:
-            raise ValueError(f"{name} must be [B, T, Hla, D] = {tuple(q_la.shape)}; got {tuple(x.shape)}")
-    for name, x in (("g", g), ("beta", beta)):
-        if x.shape != (B, T, Hla):
-            raise ValueError(f"{name} must be [B, T, Hla] = {(B, T, Hla)}; got {tuple(x.shape)}")
-    if fa_gain.shape != (Hfa,):
-        raise ValueError(f"fa_gain must be [Hfa] = [{Hfa}]; got {tuple(fa_gain.shape)}")
-    if la_weight.shape != (Hla, D):
-        raise ValueError(f"la_weight must be [Hla, D] = [{Hla}, {D}]; got {tuple(la_weight.shape)}")
-    if Hfa + Hla == 0:
-        raise ValueError("the layer has no heads (Hfa = Hla = 0)")
 
 
 def hybrid_attention_ref(
@@ -103,7 +71,7 @@ def triton_available() -> bool:
     if not torch.cuda.is_available():
         return False
     try:
-        import kernels.hybrid_attention  # noqa: F401
+        import hydrahead_lit.kernels.hybrid_attention  # noqa: F401
     except Exception as err:  # ImportError, or Triton failing to load its driver
         logger.warning("Triton hybrid attention unavailable (%s: %s)", type(err).__name__, err)
         return False
@@ -134,7 +102,6 @@ def hybrid_attention(
     use_triton = backend == "triton" or (backend == "auto" and q_fa.is_cuda and triton_available())
     if not use_triton:
         return hybrid_attention_ref(*args, eps=eps, fa_scale=fa_scale, la_scale=la_scale)
-    from kernels.hybrid_attention import hybrid_attention_triton
+    from hydrahead_lit.kernels.hybrid_attention import hybrid_attention_triton
 
     return hybrid_attention_triton(*args, eps=eps, fa_scale=fa_scale, la_scale=la_scale)
-

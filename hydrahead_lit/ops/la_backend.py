@@ -1,9 +1,11 @@
 """Backend dispatch for the gated delta rule: fla kernels, the project's Triton op, or PyTorch.
 
-``auto`` picks, on CUDA, fla's chunk kernels when they are correct for the installed Triton, else a
-registered ``"triton"`` backend (the project's op in ``kernels/gated_delta_rule.py`` registers itself
-when imported; a CUDA dispatch imports it if needed), else the pure-PyTorch chunked reference; on
-CPU always PyTorch. fla and Triton are imported only when a CUDA dispatch first needs them.
+Every backend is an entry of this module's registry: ``"torch"`` (the pure-PyTorch chunked
+reference, any device), ``"fla"`` (flash-linear-attention's kernels) and ``"triton"`` (the project's
+op, :mod:`hydrahead_lit.kernels.gated_delta_rule`). The two GPU entries import their kernels only when
+a CUDA dispatch first needs them, so importing this module loads no compiler. ``auto`` picks, on CUDA,
+fla's chunk kernels when they are correct for the installed Triton, else the project's Triton op,
+else the reference; on CPU always PyTorch.
 
 fla 0.6.0 refuses the backward of its gated chunk kernels on Hopper with 3.4.0 <= Triton < 3.7.1,
 because that compiler range miscompiles them (fla-org/flash-linear-attention#640). Training on such
@@ -102,9 +104,9 @@ def _fla_import_error() -> str | None:
 
 @functools.cache
 def _project_triton_import_error() -> str | None:
-    """Import the project's Triton op, which registers the ``"triton"`` backend; None on success."""
+    """None when the project's Triton op imports, else why not."""
     try:
-        importlib.import_module("kernels.gated_delta_rule")
+        importlib.import_module("hydrahead_lit.kernels.gated_delta_rule")
     except Exception as err:  # ImportError, or Triton failing to load its driver
         return f"the project's Triton op does not import ({type(err).__name__}: {err})"
     return None
@@ -188,8 +190,25 @@ def _fla_reason(device: torch.device, needs_grad: bool) -> str | None:
     return _fla_import_error()
 
 
+def _triton_gdr(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False):
+    from hydrahead_lit.kernels.gated_delta_rule import chunk_gated_delta_rule_triton
+
+    k, v, g, beta, initial_state, group = expand_kv_heads(q, k, v, g, beta, initial_state)
+    o, state = chunk_gated_delta_rule_triton(
+        q, k if k.stride(-1) == 1 else k.contiguous(), v, g, beta, scale, initial_state, output_final_state
+    )
+    return o, collapse_state(state, group)
+
+
+def _triton_reason(device: torch.device, needs_grad: bool) -> str | None:
+    if device.type != "cuda":
+        return f"the project's Triton op needs a CUDA device, got {device.type}"
+    return _project_triton_import_error()
+
+
 register_la_backend("torch", _torch_gdr, lambda device, needs_grad: True)
 _REGISTRY["fla"] = _Backend(_fla_gdr, _fla_reason)
+_REGISTRY["triton"] = _Backend(_triton_gdr, _triton_reason)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -201,9 +220,6 @@ def _needs_grad(*tensors: Tensor | None) -> bool:
 
 
 def _unavailable_reason(name: str, device: torch.device, needs_grad: bool) -> str | None:
-    if name == "triton" and name not in _REGISTRY and device.type == "cuda":
-        if (err := _project_triton_import_error()) is not None:
-            return err
     if name not in _REGISTRY:
         return f"no '{name}' backend is registered"
     return _REGISTRY[name].unavailable_reason(device, needs_grad)
@@ -219,14 +235,11 @@ def select_la_backend(device: torch.device, needs_grad: bool, preferred: str = "
     """
     device = torch.device(device)
     if preferred != "auto":
-        if preferred not in _REGISTRY and preferred != "triton":
-            known = ", ".join(["auto", "triton", *sorted(_REGISTRY)])
+        if preferred not in _REGISTRY:
+            known = ", ".join(["auto", *sorted(_REGISTRY)])
             raise ValueError(f"unknown LA backend '{preferred}'; choose one of: {known}")
-        # For "triton" this also imports the project's op on CUDA (which registers it).
         if (reason := _unavailable_reason(preferred, device, needs_grad)) is not None:
-            raise RuntimeError(
-                f"LA backend '{preferred}' cannot run here: {reason}. Use backend='auto' or 'torch'."
-            )
+            raise RuntimeError(f"LA backend '{preferred}' cannot run here: {reason}. Use backend='auto' or 'torch'.")
         return preferred
 
     skipped: list[str] = []

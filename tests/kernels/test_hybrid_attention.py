@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
+from hydrahead_lit.kernels.hybrid_attention import hybrid_attention_triton  # noqa: E402
 from hydrahead_lit.ops.hybrid_attention import hybrid_attention, hybrid_attention_ref  # noqa: E402
-from kernels.hybrid_attention import hybrid_attention_triton  # noqa: E402
 
 # float32 on both sides; the LA part differs only in summation order (see test_gated_delta_rule)
 # and the FA part is the same SDPA call, so anything above 1e-4 is a real error.
