@@ -137,11 +137,15 @@ def load_gguf_teacher(path: str | Path, dtype: torch.dtype = torch.float32) -> n
     """The teacher a GGUF file holds, dequantized to `dtype`, as a plain `transformers` model (eval mode)."""
     config = gguf_config(path)
     p = check_gguf_file(path)
-    from transformers import AutoModelForCausalLM, GgufConfig
+    import transformers
 
-    # Dequantized on load, always: packed-weight kernels (where installed) would leave tensors no plain model holds.
-    src = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=dtype, local_files_only=True,
-                                               quantization_config=GgufConfig(dequantize=True))  # fmt: skip
+    kwargs: dict[str, Any] = {}
+    # Dequantized on load, always: packed-weight kernels (where installed) would leave tensors no plain model
+    # holds. Versions of transformers without GgufConfig always dequantize.
+    if hasattr(transformers, "GgufConfig"):
+        kwargs["quantization_config"] = transformers.GgufConfig(dequantize=True)
+    src = transformers.AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=dtype,
+                                                            local_files_only=True, **kwargs)  # fmt: skip
     return _plain_model(src, config, dtype).eval()
 
 
