@@ -95,7 +95,7 @@ class Haystack:
         if cached is not None and cached[0] is tokenizer:
             return cached[1]
         if self.kind == "procedural":
-            from hydrahead_lit.data.demo import demo_sentences
+            from hydrahead_lit.data.grammar import demo_sentences
 
             sentences = demo_sentences(self.pool_size, self.seed)
         elif self.kind == "noise":

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from hydrahead_lit.data.haystack import Haystack, encode, snap
 from hydrahead_lit.data.lexicon import ADJECTIVES, NOUNS
+from hydrahead_lit.data.templates import MQAR_HEADER, NIAH_HEADER, PASSKEY_HEADER, VT_HEADER
 
 TASKS: tuple[str, ...] = (
     "passkey",
@@ -30,17 +31,6 @@ TASKS: tuple[str, ...] = (
     "mqar",
     "variable_tracking",
 )
-
-_NIAH_HEADER = (
-    "Some special magic numbers are hidden within the following text. Make sure to memorize it. "
-    "I will quiz you about the numbers afterwards.\n"
-)
-_PASSKEY_HEADER = (
-    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
-    "I will quiz you about the important information there.\n"
-)
-_MQAR_HEADER = "Memorize the number that goes with each name in the following list.\n"
-_VT_HEADER = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n"
 
 
 @dataclass
@@ -228,7 +218,7 @@ def _niah(
     return b.assemble(
         length,
         haystack,
-        _NIAH_HEADER,
+        NIAH_HEADER,
         needles,
         question + prefix,
         _join_answer(b, values, where),
@@ -250,7 +240,7 @@ def _passkey(
     question = "\nWhat is the pass key? The pass key is"
     answer = [(b.ids(" " + key), (0, "value"))]
     depths = None if depth is None else [depth]
-    return b.assemble(length, haystack, _PASSKEY_HEADER, [needle], question, answer, [key], seed, depths)
+    return b.assemble(length, haystack, PASSKEY_HEADER, [needle], question, answer, [key], seed, depths)
 
 
 def _mqar(
@@ -268,7 +258,7 @@ def _mqar(
     values_taken: set[str] = set()
     needles: list[_Needle] = []
     pairs: list[tuple[str, str]] = []
-    used, budget = 0, length - len(b.ids(_MQAR_HEADER))
+    used, budget = 0, length - len(b.ids(MQAR_HEADER))
     target = max_pairs if num_pairs is None else num_pairs
     candidates = [(b.word_key(keys_taken), b.number(value_digits, values_taken)) for _ in range(target)]
     b.prefetch([" " + x for pair in candidates for x in pair])
@@ -303,7 +293,7 @@ def _mqar(
     return b.assemble(
         length,
         haystack,
-        _MQAR_HEADER,
+        MQAR_HEADER,
         needles,
         question,
         answer,
@@ -359,7 +349,7 @@ def _variable_tracking(
     return b.assemble(
         length,
         haystack,
-        _VT_HEADER,
+        VT_HEADER,
         needles,
         question + prefix,
         answer,
@@ -403,22 +393,3 @@ def make_sample(
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for task {task!r}; allowed: {allowed}")
     return fn(b, length, haystack or _DEFAULT_HAYSTACK, seed, **kwargs)
-
-
-def template_texts() -> list[str]:
-    """Rendered task templates (used to give the demo tokenizer tokens for their words)."""
-    return [
-        _NIAH_HEADER,
-        _PASSKEY_HEADER,
-        _MQAR_HEADER,
-        _VT_HEADER,
-        "One of the special magic numbers for quiet-river is: 1234567.",
-        "What are all the special magic numbers for quiet-river, red-fox and old-tower mentioned in the "
-        "provided text? The special magic numbers for quiet-river mentioned in the provided text are "
-        "7654321.",
-        "The pass key is 12345. Remember it. 12345 is the pass key. What is the pass key? The pass key is 12345.",
-        "quiet-river: 1234. What are the numbers for quiet-river and red-fox? The numbers are 1234, 5678.",
-        "VAR ABCDE = 12345. VAR FGHIJ = VAR ABCDE. Question: Find all variables that are assigned the "
-        "value 12345 in the text above. Answer: According to the chain(s) of variable assignment in the "
-        "text above, 2 variables are assigned the value 12345, they are: ABCDE FGHIJ",
-    ]

@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from hydrahead_lit.data.demo import demo_documents, demo_tokenizer
-from hydrahead_lit.data.synthetic import template_texts
+from hydrahead_lit.data.templates import template_texts
 
 
 def _train(pre_tokenizer, decoder, vocab_size: int, alphabet: list[str]) -> PreTrainedTokenizerFast:
