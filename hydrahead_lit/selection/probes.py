@@ -41,7 +41,9 @@ class ProbeBatch:
 
     `rows` [R] are the union over the batch of the query positions that predict a scored answer token;
     `row_mask` [B, R] marks which of them belong to each sample; `targets` [B, R] holds the token each row
-    predicts; `sources` [B, R] the needle position it is copied from (-1 where none).
+    predicts; `sources` [B, R] the needle position it is copied from (-1 where none); `needle_start` and
+    `needle_end` [B, R] the span [start, end) of that needle, the one being retrieved (-1 where none):
+    a distractor needle (e.g. another key's value in `niah_multikey`) is never it.
     """
 
     input_ids: Tensor  # [B, T] full_ids (prompt + answer)
@@ -49,7 +51,8 @@ class ProbeBatch:
     row_mask: Tensor  # [B, R] bool
     targets: Tensor  # [B, R]
     sources: Tensor  # [B, R]
-    in_needle: Tensor  # [B, T] bool: position lies inside one of the sample's needles
+    needle_start: Tensor  # [B, R]
+    needle_end: Tensor  # [B, R]
 
     def to(self, device: torch.device | str) -> ProbeBatch:
         return ProbeBatch(*(t.to(device) for t in vars(self).values()))
@@ -60,8 +63,17 @@ class ProbeBatch:
         return int(self.row_mask.sum())
 
 
+def _source_needle(s: RetrievalSample, src: int) -> tuple[int, int]:
+    """[start, end) of the needle of `s` that holds position `src`, (-1, -1) for an uncopied token."""
+    if src < 0:
+        return -1, -1
+    for lo, hi in s.needle_spans:
+        if lo <= src < hi:
+            return lo, hi
+    raise ValueError(f"probe of task {s.task!r} (seed {s.seed}): answer source {src} lies in no needle span")
+
+
 def _stack(samples: list[RetrievalSample], copied_only: bool) -> ProbeBatch:
-    T = len(samples[0].full_ids)
     per_sample: list[dict[int, tuple[int, int]]] = []  # row -> (target, source)
     for s in samples:
         start, _ = s.answer_span
@@ -79,16 +91,17 @@ def _stack(samples: list[RetrievalSample], copied_only: bool) -> ProbeBatch:
     row_mask = torch.zeros(B, R, dtype=torch.bool)
     targets = torch.zeros(B, R, dtype=torch.long)
     sources = torch.full((B, R), -1, dtype=torch.long)
-    in_needle = torch.zeros(B, T, dtype=torch.bool)
+    needle_start = torch.full((B, R), -1, dtype=torch.long)
+    needle_end = torch.full((B, R), -1, dtype=torch.long)
     for b, (s, pairs) in enumerate(zip(samples, per_sample)):
         for r, (tok, src) in pairs.items():
             row_mask[b, col[r]] = True
             targets[b, col[r]] = tok
             sources[b, col[r]] = src
-        for lo, hi in s.needle_spans:
-            in_needle[b, lo:hi] = True
+            needle_start[b, col[r]], needle_end[b, col[r]] = _source_needle(s, src)
     input_ids = torch.tensor([s.full_ids for s in samples], dtype=torch.long)
-    return ProbeBatch(input_ids, torch.tensor(rows, dtype=torch.long), row_mask, targets, sources, in_needle)
+    rows_t = torch.tensor(rows, dtype=torch.long)
+    return ProbeBatch(input_ids, rows_t, row_mask, targets, sources, needle_start, needle_end)
 
 
 def batch_probes(samples: Sequence[RetrievalSample], batch_size: int = 8, copied_only: bool = True) -> list[ProbeBatch]:

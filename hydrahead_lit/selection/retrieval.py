@@ -2,9 +2,11 @@
 Factuality", arXiv 2404.15574), teacher-forced on synthetic probes.
 
 While the model produces answer token ``w`` (the query is the row ``p - 1`` that predicts it), a head
-*retrieves* when its top-1 attention lands inside a needle on a token equal to ``w`` (``match="token"``,
-Wu et al.'s rule) or exactly on the needle position ``w`` is copied from (``match="position"``).
-A head's score is the fraction of copied answer tokens it retrieves, averaged over probes.
+*retrieves* when its top-1 attention lands inside the needle ``w`` is copied from on a token equal to
+``w`` (``match="token"``, Wu et al.'s rule; a distractor needle holding the same token does not count)
+or exactly on the position ``w`` is copied from (``match="position"``). A head's score is the fraction
+of copied answer tokens it retrieves, averaged over probes (Wu et al. divide by the needle's length;
+docs/selection.md lists every difference).
 """
 
 from __future__ import annotations
@@ -129,9 +131,9 @@ def _retrieved_fraction(probe_attn: Tensor | None, batch: ProbeBatch, match: str
     top = probe_attn.argmax(-1)  # [B, Hfa, R]
     Hfa, R = top.shape[1], top.shape[2]
     flat = top.reshape(B, Hfa * R)
-    if match == "token":
+    if match == "token":  # the same token, inside the needle being retrieved (not a distractor)
         hit = batch.input_ids.gather(1, flat).view(B, Hfa, R) == batch.targets[:, None, :]
-        hit &= batch.in_needle.gather(1, flat).view(B, Hfa, R)
+        hit &= (top >= batch.needle_start[:, None, :]) & (top < batch.needle_end[:, None, :])
     else:
         hit = top == batch.sources[:, None, :]
     hit &= batch.row_mask[:, None, :]

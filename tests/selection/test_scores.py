@@ -119,7 +119,7 @@ def test_probes_deterministic_and_batched(tok):
                 if batch.row_mask[i, j]:  # row r predicts the token at r + 1, copied from its source
                     r, src = int(batch.rows[j]), int(batch.sources[i, j])
                     assert batch.input_ids[i, r + 1] == batch.targets[i, j] == batch.input_ids[i, src]
-                    assert batch.in_needle[i, src]
+                    assert batch.needle_start[i, j] <= src < batch.needle_end[i, j]
     mqar = batch_probes([a[1]])[0]
     assert mqar.num_tokens < len(a[1].answer_ids)  # the ',' separators are not copied, hence not scored
 
