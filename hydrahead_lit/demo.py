@@ -6,8 +6,10 @@
 4. evaluates teacher and both students (retrieval accuracy by greedy decoding of synthetic samples at
    the teacher's training length, held-out perplexity) and prints a table (also in `<out>/summary.md`).
 
-Each stage runs through the same command line as a user's `python main.py fit --config configs/demo/...`;
-the configs actually run (paths rewritten to `--out`) are saved under `<out>/configs`.
+Each stage is a `python main.py fit --config <out>/configs/<run>.yaml` command, run by the experiments' job
+runner (`hydrahead_lit.experiments.runner`) as every experiment runs its stages: the configs are
+`configs/demo/*.yaml` with their paths moved under `--out`, each run's output is in `<out>/logs/<run>.log`, and
+its metrics are read back from its TensorBoard files.
 """
 
 from __future__ import annotations
@@ -21,9 +23,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from hydrahead_lit.experiments.runner import ROOT, load_config, scale_steps, set_run_dir
+from hydrahead_lit.experiments.runner import (
+    ROOT,
+    Job,
+    last_scalars,
+    load_config,
+    logged_steps,
+    run_jobs,
+    scale_steps,
+    set_run_dir,
+)
 
 CONFIG_DIR = ROOT / "configs" / "demo"
 DEFAULT_TEACHER = ROOT / "data" / "demo" / "teacher"
@@ -70,17 +79,17 @@ def stage_config(stage: str, out: Path, teacher: Path, run_dir: Path, steps_scal
     return cfg
 
 
-def run_stage(cfg: dict, path: Path) -> dict[str, float]:
-    """`python main.py fit --config <path>` in this process; returns the final logged metrics."""
-    from hydrahead_lit.cli import build_cli
+def stage_job(name: str, cfg: dict, out: Path) -> Job:
+    """`python main.py fit --config <out>/configs/<name>.yaml`, its output in `<out>/logs/<name>.log`."""
+    return Job(name, "fit", cfg, out / "configs" / f"{name}.yaml", out / "logs" / f"{name}.log")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    start = time.perf_counter()
-    cli = build_cli(["fit", "--config", str(path)])
-    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
-    metrics["steps"] = float(cli.trainer.global_step)
-    metrics["seconds"] = time.perf_counter() - start
+
+def run_stage(job: Job, run_dir: Path) -> dict[str, float]:
+    """Run `job` with the job runner; the last logged value of every metric of its run, its steps and seconds."""
+    seconds = run_jobs([job])[job.name]
+    metrics = last_scalars(run_dir)
+    metrics["steps"] = float(logged_steps(run_dir))
+    metrics["seconds"] = seconds
     return metrics
 
 
@@ -136,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--train-docs", type=int, default=20000, help="procedural training documents")
     args = p.parse_args(argv)
     out: Path = args.out.resolve()
-    runs = [out / "stage1", *(out / name for name in PLANS)]
+    runs = [out / "stage1", *(out / name for name in PLANS), out / "logs"]
     if any(r.exists() for r in runs):
         if not args.overwrite:
             raise SystemExit(f"{out} holds an earlier demo run; pass --overwrite to replace it, or choose --out")
@@ -157,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stages: dict[str, dict[str, float]] = {}
     stage1 = out / "stage1"
     stages["stage 1 (twins; val ppl = all heads swapped to LA)"] = run_stage(
-        stage_config("stage1", out, teacher, stage1, scale), out / "configs" / "stage1.yaml"
+        stage_job("stage1", stage_config("stage1", out, teacher, stage1, scale), out), stage1
     )
     selection = stage1 / "head_selection.json"
     for name, plan in PLANS.items():
@@ -165,9 +174,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = {"init_from": str(stage1 / "student")}
         model.update({"head_selection": str(selection)} if plan is None else {"head_selection": None, "plan": plan})
         cfg2 = stage_config("stage2", out, teacher, s2, scale, **model)
-        stages[f"{name} stage 2"] = run_stage(cfg2, out / "configs" / f"{name}_stage2.yaml")
+        stages[f"{name} stage 2"] = run_stage(stage_job(f"{name}_stage2", cfg2, out), s2)
         cfg3 = stage_config("stage3", out, teacher, s3, scale, init_from=str(s2 / "student"))
-        stages[f"{name} stage 3"] = run_stage(cfg3, out / "configs" / f"{name}_stage3.yaml")
+        stages[f"{name} stage 3"] = run_stage(stage_job(f"{name}_stage3", cfg3, out), s3)
     train_s = time.perf_counter() - start
     rows = {"teacher": evaluate(teacher, val_dir, args.eval_length, args.eval_samples, args.ppl_rows)}
     for name in PLANS:

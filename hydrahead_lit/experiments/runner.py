@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,16 +112,31 @@ def run_jobs(jobs: list[Job], parallel: int = 1) -> dict[str, float]:
     return seconds
 
 
-def last_scalars(log_dir: str | Path) -> dict[str, float]:
-    """The last value of every scalar in the TensorBoard event files of `log_dir` (not its subfolders)."""
+def _scalars(log_dir: str | Path) -> Iterator[tuple[str, list]]:
+    """(tag, its points) of every scalar in each TensorBoard event file of `log_dir` (not its subfolders)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    values: dict[str, tuple[float, float]] = {}  # tag -> (wall time, value)
     for events in sorted(Path(log_dir).glob("events.out.tfevents.*")):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
         acc.Reload()
         for tag in acc.Tags().get("scalars", []):
-            last = acc.Scalars(tag)[-1]
-            if tag not in values or last.wall_time >= values[tag][0]:
-                values[tag] = (last.wall_time, float(last.value))
+            yield tag, acc.Scalars(tag)
+
+
+def last_scalars(log_dir: str | Path) -> dict[str, float]:
+    """The last value of every scalar in the TensorBoard event files of `log_dir` (not its subfolders)."""
+    values: dict[str, tuple[float, float]] = {}  # tag -> (wall time, value)
+    for tag, points in _scalars(log_dir):
+        last = points[-1]
+        if tag not in values or last.wall_time >= values[tag][0]:
+            values[tag] = (last.wall_time, float(last.value))
     return {tag: v for tag, (_, v) in sorted(values.items())}
+
+
+def logged_steps(log_dir: str | Path) -> int:
+    """Optimizer steps of a run at its last logged point, from the TensorBoard files of `log_dir` (0 if none).
+
+    Lightning logs the metrics of optimizer step n (training, or the validation after it) at step n - 1, and the
+    stages validate after their last step, so this is the number of steps the run took.
+    """
+    return 1 + max((p.step for _, points in _scalars(log_dir) for p in points), default=-1)

@@ -15,6 +15,7 @@ from hydrahead_lit.experiments.runner import (
     callbacks,
     last_scalars,
     load_config,
+    logged_steps,
     run_jobs,
     scale_steps,
     set_run_dir,
@@ -182,3 +183,15 @@ def test_last_scalars_reads_the_last_value_of_every_tag(tmp_path) -> None:
 
 def test_last_scalars_of_an_empty_dir(tmp_path) -> None:
     assert last_scalars(tmp_path) == {}
+
+
+def test_logged_steps_counts_the_steps_of_the_last_logged_point(tmp_path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    assert logged_steps(tmp_path) == 0
+    w = SummaryWriter(tmp_path)
+    for step in (9, 19, 29):  # Lightning logs optimizer step n at n - 1
+        w.add_scalar("train/loss", 1.0, step)
+    w.add_scalar("val/ppl", 2.0, 34)  # validation after the 35th (last) step
+    w.close()
+    assert logged_steps(tmp_path) == 35

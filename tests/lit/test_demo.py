@@ -32,7 +32,7 @@ def test_demo_refuses_to_run_without_a_teacher(tmp_path) -> None:
 
 
 def test_demo_end_to_end_on_a_random_teacher(tmp_path) -> None:
-    """Every stage through the command line, selection, exports and evaluation (about 25 s on 2 cores)."""
+    """Every stage through the command line, selection, exports and evaluation (about 60 s on 2 cores)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from hydrahead_lit.data.demo import demo_tokenizer
@@ -50,5 +50,13 @@ def test_demo_end_to_end_on_a_random_teacher(tmp_path) -> None:
     assert result["models"]["all_la student"]["fa_groups"] == "0/8"
     assert result["models"]["hydrahead student"]["fa_groups"] == "1/8"
     assert Path(out / "summary.md").is_file() and (out / "stage1" / "head_selection.json").is_file()
+    # Every stage ran as `python main.py fit --config <out>/configs/<run>.yaml` through the job runner.
+    runs = ["stage1", "hydrahead_stage2", "hydrahead_stage3", "all_la_stage2", "all_la_stage3"]
+    assert sorted(p.stem for p in (out / "configs").glob("*.yaml")) == sorted(runs)
+    for run in runs:
+        assert "`Trainer.fit` stopped: `max_steps=" in (out / "logs" / f"{run}.log").read_text(), run
+    stages = list(result["stages"].values())
+    assert [s["steps"] for s in stages] == [6.0, 8.0, 2.0, 8.0, 2.0]  # 0.02 x (300, 400, 40), at least 2
+    assert all("val/ppl" in s and s["seconds"] > 0 for s in stages)
     with pytest.raises(SystemExit, match="--overwrite"):
         main(args)
