@@ -1,8 +1,10 @@
 """Check and time the fused hybrid attention op on one CUDA GPU, in one invocation.
 
 1. Correctness in bf16 against the PyTorch references evaluated in float32: the Triton gated delta
-   rule (output, final state, every gradient) and the hybrid op (GQA ratios 1 and 2, T not a multiple
-   of the 64-step chunk). Relative error ``|x - ref| / |ref|`` (Frobenius) must be <= 1e-2, no NaN.
+   rule (output, final state, every gradient) on the stressed input family of
+   ``benchmarks/check_la_stress.py`` (its own tolerance) and on correlated keys, and the hybrid op
+   (GQA ratios 1 and 2, T not a multiple of the 64-step chunk, correlated LA keys). Relative error
+   ``|x - ref| / |ref|`` (Frobenius) must be <= 1e-2, no NaN.
 2. A model-level check: one training step of a tiny HydraHead student with the ``"triton"`` LA
    backend against the ``"torch"`` one (loss and gradients).
 3. Timings (``triton.testing.do_bench``, median, ms), B=1, H=16, D=128, plans 7:1 and 3:1:
@@ -61,9 +63,11 @@ def _la_inputs(B, T, H, D, dtype, gen):
     def randn(*s):
         return torch.randn(*s, device="cuda", generator=gen)
 
+    # Keys share a direction, as a real model's do (k = normalize(0.8 shared + 0.2 noise)).
+    keys = F.normalize(0.8 * randn(B, 1, H, D) + 0.2 * randn(B, T, H, D), dim=-1)
     return [
         F.normalize(randn(B, T, H, D), dim=-1).to(dtype),
-        F.normalize(randn(B, T, H, D), dim=-1).to(dtype),
+        keys.to(dtype),
         randn(B, T, H, D).to(dtype),
         F.logsigmoid(randn(B, T, H) + 2.0).float(),
         torch.sigmoid(randn(B, T, H)).to(dtype),
@@ -111,6 +115,14 @@ def check_hybrid(B: int, T: int, Hfa: int, Hkv: int, Hla: int, D: int) -> None:
     names = [["q_fa", "k_fa", "v_fa", "q_la", "k_la", "v_la", "g", "beta", "fa_gain", "la_weight"][i] for i in used]
     errs = {"out": _rel(out, ref)} | {f"d{n}": _rel(a, b) for n, a, b in zip(names, grads, grads_r)}
     _report(f"hybrid B={B} T={T} Hfa={Hfa} Hkv={Hkv} Hla={Hla}", errs)
+
+
+def check_stress_family() -> None:
+    """The stressed input family (correlated and identical keys, extreme gates), bf16, B=2, T=4000."""
+    from benchmarks.check_la_stress import check
+
+    _, failures = check(B=2, T=4000, H=4, D=128)
+    FAILURES.extend(f"stress:{f}" for f in failures)
 
 
 def check_model_step() -> None:
@@ -231,9 +243,7 @@ def bench(T: int, Hfa: int, H: int = 16, D: int = 128) -> dict[str, tuple[float,
 
     # Parts alone, each on its own contiguous inputs in its preferred layout.
     qf, kf, vf = (x[:, :, :Hfa].transpose(1, 2).contiguous().detach().requires_grad_() for x in (q, k, v))
-    res["SDPA, FA heads"] = _time(
-        lambda: F.scaled_dot_product_attention(qf, kf, vf, is_causal=True), [qf, kf, vf]
-    )
+    res["SDPA, FA heads"] = _time(lambda: F.scaled_dot_product_attention(qf, kf, vf, is_causal=True), [qf, kf, vf])
     ql, kl, vl = (x[:, :, Hfa:].contiguous().detach().requires_grad_() for x in (q, k, v))
     gl, bl = g.detach().clone().requires_grad_(), beta.detach().clone().requires_grad_()
     la_leaves = [ql, kl, vl, gl, bl]
@@ -290,6 +300,7 @@ def main() -> None:
     print(env, flush=True)
     if not args.skip_checks:
         checks = [
+            (check_stress_family, ()),
             (check_gdn, (2, 1000, 4, 128)),
             (check_gdn, (1, 8192 + 37, 2, 128)),
             (check_hybrid, (2, 1000, 2, 1, 6, 128)),  # GQA 2
