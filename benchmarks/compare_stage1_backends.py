@@ -111,7 +111,7 @@ def _summary(run: Path) -> dict:
     return {
         "train_align_loss": sum(train[-3:]) / max(len(train[-3:]), 1) if train else float("nan"),
         "val_align_loss": val[-1] if val else float("nan"),
-        "selections": {n: s.get("fa_groups", s) for n, s in selections.items()},
+        "selections": {n: s["chosen"] for n, s in selections.items()},
     }
 
 
