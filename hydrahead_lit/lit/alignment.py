@@ -23,6 +23,7 @@ from hydrahead_lit.lit.base import StageModule
 from hydrahead_lit.lit.losses import chunked_logit_losses, head_alignment_loss
 from hydrahead_lit.lit.models import load_student, load_teacher, student_spec, teacher_config
 from hydrahead_lit.modeling.arch import decoder_layers
+from hydrahead_lit.modeling.probe import AttentionProbe
 
 LA_AND_FUSION = (r"\.self_attn\.la\.", r"\.self_attn\.fusion\.")
 
@@ -76,12 +77,10 @@ class AlignmentModule(StageModule):
         return [layer.self_attn for layer in decoder_layers(self.student)]
 
     def _alignment(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        self.student(input_ids=x, use_cache=False, logits_to_keep=1)
-        pairs = []
-        for attn in self._attention_layers():
-            pairs.append(attn.last_alignment)
-            attn.last_alignment = None  # do not keep the graph alive past this step
-        return head_alignment_loss(pairs)
+        # The probe lives for this step only: its pairs (and their graph) go when the loss is computed.
+        probe = AttentionProbe(alignment=True)
+        self.student(input_ids=x, use_cache=False, logits_to_keep=1, attention_probe=probe)
+        return head_alignment_loss(probe.alignment_pairs(len(self._attention_layers())))
 
     def _update_error(self, errors: Tensor) -> None:
         errors = self.trainer.strategy.reduce(errors.to(self.alignment_error), reduce_op="mean")
@@ -104,15 +103,14 @@ class AlignmentModule(StageModule):
 
     @torch.no_grad()
     def _all_la_ce(self, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-        layers = self._attention_layers()
-        for attn in layers:
-            attn.patch_heads = list(range(attn.num_fa_heads))
-        try:
-            out = self.student(input_ids=x, output_hidden_states=True, logits_to_keep=1, use_cache=False)
-        finally:
-            for attn in layers:
-                attn.patch_heads = None
-                attn.last_alignment = None
+        every_head = {i: range(attn.num_fa_heads) for i, attn in enumerate(self._attention_layers())}
+        out = self.student(
+            input_ids=x,
+            output_hidden_states=True,
+            logits_to_keep=1,
+            use_cache=False,
+            attention_probe=AttentionProbe(patch=every_head),
+        )
         hidden = out.hidden_states[-1]
         ce, _ = chunked_logit_losses(hidden, self.student.lm_head, y, mask, chunk_size=self.hparams.chunk_size)
         return ce

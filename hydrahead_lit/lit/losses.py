@@ -45,7 +45,7 @@ def head_alignment_loss(
 ) -> tuple[Tensor, Tensor]:
     """Mean over layers and heads of `head_alignment_error`; also returns the [L, H] errors (detached).
 
-    pairs: one (fa_out, la_out) per layer, each [B, T, H, D], as `HybridAttention.last_alignment` holds them.
+    pairs: one (fa_out, la_out) per layer, each [B, T, H, D], as `AttentionProbe.alignment_pairs` returns them.
     """
     if not pairs:
         raise ValueError("no alignment pairs: the model has no twin attention layer (is it a stage-1 twin student?)")

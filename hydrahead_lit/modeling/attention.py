@@ -6,7 +6,12 @@ teacher's config names), so an all-FA student computes exactly the teacher's fun
 
 *Twin mode* (stage 1): every head keeps the teacher's FA path, which alone produces the layer output (the
 next layer sees the teacher's activations), and every head also has an LA twin computed from the same,
-detached, layer input. `last_alignment` then holds both per-head outputs for the alignment loss.
+detached, layer input.
+
+What a forward must record for stage 1 and head selection (both per-head outputs of twin layers, FA
+attention rows) or change (activation patching) comes in an `AttentionProbe` passed with the forward
+(`model(..., attention_probe=probe)`); the records go into the probe, and the module keeps no state
+between calls.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch import Tensor, nn
 
 from hydrahead_lit.modeling.fusion import ScaleNormFusion
 from hydrahead_lit.modeling.linear_heads import GatedDeltaNetHeads, HeadRMSNorm, LAConfig, apply_rope
+from hydrahead_lit.modeling.probe import AttentionProbe
 from hydrahead_lit.ops.hybrid_attention import hybrid_attention
 from hydrahead_lit.ops.hybrid_attention import triton_available as hybrid_triton_available
 
@@ -91,20 +97,16 @@ class HybridAttention(nn.Module):
         )
         self.fusion = ScaleNormFusion(0 if twins else num_fa_heads, num_la_heads, D)
         self.o_proj = nn.Linear(n_heads * D, hidden, bias=o_bias)
-        self.last_alignment: tuple[Tensor, Tensor] | None = None
-        # Probes for head selection (set by the caller, cleared by the caller):
-        self.probe_rows: Tensor | None = None  # query positions whose FA attention rows to record
-        self.probe_attn: Tensor | None = None  # -> [B, Hfa, len(probe_rows), T] softmax probabilities
-        self.patch_heads: list[int] | None = None  # twin mode: heads whose FA output is replaced by their twin
 
-    def _record_probe(self, q: Tensor, k: Tensor) -> None:
-        """Softmax attention rows of the FA heads at `probe_rows` (explicit math: SDPA hides weights)."""
-        rows = self.probe_rows.to(q.device)
+    def _attention_rows(self, q: Tensor, k: Tensor, rows: Tensor) -> Tensor:
+        """Softmax attention rows [B, Hfa, R, T] of the FA heads at query positions `rows` (explicit math:
+        SDPA hides the weights)."""
+        rows = rows.to(q.device)
         k = k.repeat_interleave(self.num_key_value_groups, dim=1)
         scores = torch.einsum("bhrd,bhtd->bhrt", q[:, :, rows].float(), k.float()) * self.scaling
         offset = k.shape[2] - q.shape[2]
         causal = torch.arange(k.shape[2], device=q.device)[None, :] > (rows[:, None] + offset)
-        self.probe_attn = scores.masked_fill(causal, float("-inf")).softmax(-1)
+        return scores.masked_fill(causal, float("-inf")).softmax(-1)
 
     def _fa_qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """FA queries, keys (normed as the teacher does, rotated) and values, [B, T, heads, D]."""
@@ -118,14 +120,21 @@ class HybridAttention(nn.Module):
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def _fa_forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, attention_mask: Tensor | None, cache_layer: Any, **kwargs: Any
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        attention_mask: Tensor | None,
+        cache_layer: Any,
+        probe: AttentionProbe | None,
+        **kwargs: Any,
     ) -> Tensor:
         q, k, v = self._fa_qkv(x, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache_layer is not None:
             k, v = cache_layer.update(k, v)
-        if self.probe_rows is not None:
-            self._record_probe(q, k)
+        if probe is not None and probe.rows is not None:
+            probe.record_attention(self.layer_idx, self._attention_rows(q, k, probe.rows))
         kwargs.pop("output_attentions", None)
         out, _ = _attention_function(self.config)(  # looked up per call: set_attn_implementation may change it
             self,
@@ -141,7 +150,12 @@ class HybridAttention(nn.Module):
         return out  # [B, T, Hfa, D]
 
     def _fused_path_applies(
-        self, x: Tensor, attention_mask: Tensor | None, cache_layer: Any, token_valid: Tensor | None
+        self,
+        x: Tensor,
+        attention_mask: Tensor | None,
+        cache_layer: Any,
+        token_valid: Tensor | None,
+        probe: AttentionProbe | None,
     ) -> bool:
         """The fused Triton op covers causal training/prefill without cache, padding, sliding window,
         output gate, and with SDPA as the FA function; everything else takes the composed path (which
@@ -149,7 +163,9 @@ class HybridAttention(nn.Module):
         no_padding = attention_mask is None and token_valid is None
         if not (x.is_cuda and self.num_la_heads and cache_layer is None and no_padding):
             return False
-        if self.sliding_window is not None or self.la.g_proj is not None or self.probe_rows is not None:
+        if self.sliding_window is not None or self.la.g_proj is not None:
+            return False
+        if probe is not None and probe.rows is not None:  # attention rows are read from the composed FA path
             return False
         if self.la.cfg.backend not in ("auto", "triton") or getattr(self.config, "_attn_implementation", "") != "sdpa":
             return False
@@ -178,11 +194,13 @@ class HybridAttention(nn.Module):
         past_key_values: Any = None,
         cache: Any = None,
         token_valid: Tensor | None = None,
+        attention_probe: AttentionProbe | None = None,
         **kwargs: Any,
     ) -> tuple[Tensor, None]:
         """`token_valid` [B, T] (bool) marks the real tokens of this call; the student's model derives it
         from the 2-D `attention_mask` (see `student.token_validity`), None when there is no pad. FA heads
-        mask pads through `attention_mask`; LA heads skip them (their state is untouched by a pad)."""
+        mask pads through `attention_mask`; LA heads skip them (their state is untouched by a pad).
+        `attention_probe` carries what this forward must record or patch (see `AttentionProbe`)."""
         cache = cache if cache is not None else past_key_values  # transformers renamed the argument in 5.x
         kwargs.pop("position_ids", None)
         kwargs.pop("use_cache", None)
@@ -196,23 +214,22 @@ class HybridAttention(nn.Module):
             raise TypeError(
                 f"a HydraHead student needs a HybridCache, got {type(cache).__name__}: use model.new_cache()"
             )
+        probe = attention_probe
         if self.twins:
             if cache_layer is not None:
                 raise ValueError("twin (stage-1) attention does not decode with a cache")
-            fa = self._fa_forward(hidden_states, cos, sin, attention_mask, None, **kwargs)
-            la = self.fusion.la(self.la(hidden_states.detach(), cos, sin, valid=token_valid))
-            self.last_alignment = (fa.detach(), la)
-            if self.patch_heads:  # activation patching: these heads' FA outputs become their LA twins'
-                fa = fa.clone()
-                fa[:, :, self.patch_heads] = la[:, :, self.patch_heads].to(fa.dtype)
-            return self.o_proj(fa.reshape(B, T, -1)), None
-        if self._fused_path_applies(hidden_states, attention_mask, cache_layer, token_valid):
+            return self._twin_forward(hidden_states, cos, sin, attention_mask, token_valid, probe, **kwargs), None
+        if probe is not None and probe.patched_heads(self.layer_idx):
+            raise ValueError(
+                f"layer {self.layer_idx} has no LA twins to patch in: activation patching needs the stage-1 twin "
+                "model (hh.convert(teacher, None, twins=True))"
+            )
+        if self._fused_path_applies(hidden_states, attention_mask, cache_layer, token_valid, probe):
             return self.o_proj(self._fused_forward(hidden_states, cos, sin).reshape(B, T, -1)), None
         parts = []
         if self.num_fa_heads:
-            parts.append(
-                self.fusion.fa(self._fa_forward(hidden_states, cos, sin, attention_mask, cache_layer, **kwargs))
-            )
+            fa = self._fa_forward(hidden_states, cos, sin, attention_mask, cache_layer, probe, **kwargs)
+            parts.append(self.fusion.fa(fa))
         elif cache_layer is not None:
             cache_layer.advance(T)
         if self.num_la_heads:
@@ -220,3 +237,29 @@ class HybridAttention(nn.Module):
             parts.append(self.fusion.la(self.la(hidden_states, cos, sin, state, valid=token_valid)))
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
         return self.o_proj(out.reshape(B, T, -1)), None
+
+    def _twin_forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        attention_mask: Tensor | None,
+        token_valid: Tensor | None,
+        probe: AttentionProbe | None,
+        **kwargs: Any,
+    ) -> Tensor:
+        """The teacher's layer output; the LA twins run (on the detached input) only when the probe asks for
+        the alignment pair or patches this layer. Whether they run depends on the probe's requests alone, so
+        a recompute under activation checkpointing repeats exactly the forward's operations."""
+        B, T, _ = x.shape
+        fa = self._fa_forward(x, cos, sin, attention_mask, None, probe, **kwargs)
+        if probe is None or not probe.needs_twins(self.layer_idx):
+            return self.o_proj(fa.reshape(B, T, -1))
+        la = self.fusion.la(self.la(x.detach(), cos, sin, valid=token_valid))
+        if probe.alignment:
+            probe.record_alignment(self.layer_idx, fa.detach(), la)
+        heads = probe.patched_heads(self.layer_idx)
+        if heads:  # activation patching: these heads' FA outputs become their LA twins'
+            fa = fa.clone()
+            fa[:, :, heads] = la[:, :, heads].to(fa.dtype)
+        return self.o_proj(fa.reshape(B, T, -1))

@@ -208,9 +208,6 @@ def convert(
     cfg = la_config or (LAConfig.from_dict(spec["la"]) if from_twins else LAConfig())
     rms = None if from_twins else teacher_head_rms(model, calibration_ids)
     arch = spec["arch"] if from_twins else attention_layout(decoder_layers(model)[0].self_attn)
-    for module in model.modules():  # graph outputs kept for the alignment loss cannot be deep-copied
-        if isinstance(module, HybridAttention):
-            module.last_alignment = None
     student = model if inplace else copy.deepcopy(model)
     base_cls = base_class(spec["base_architecture"]) if from_twins else type(model)
     for i, layer in enumerate(decoder_layers(student)):

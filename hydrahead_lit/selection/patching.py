@@ -1,7 +1,7 @@
 """Activation patching of KV groups in the stage-1 twin model.
 
 For each (layer, KV group), the group's FA head outputs are replaced by their trained LA twins' outputs
-(`HybridAttention.patch_heads`) and the teacher-forced answer loss on the probes is compared with the
+(an `AttentionProbe` with `patch={layer: heads}`) and the teacher-forced answer loss on the probes is compared with the
 unpatched run. A large increase means the LA twin cannot stand in for that group on retrieval: keep FA.
 Cost: one unpatched forward plus L * G patched forwards per probe batch, exact (no subsampling).
 """
@@ -15,15 +15,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hydrahead_lit.data.synthetic import RetrievalSample
+from hydrahead_lit.modeling.probe import AttentionProbe
 from hydrahead_lit.selection.probes import ProbeBatch
 from hydrahead_lit.selection.retrieval import as_batches, hybrid_attentions, model_device
 
 PATCHING_METRICS = ("nll", "accuracy")
 
 
-def _answer_stats(model: nn.Module, batch: ProbeBatch) -> tuple[float, float]:
-    """(summed NLL, number right) over the batch's scored answer tokens, teacher-forced."""
-    logits = model(input_ids=batch.input_ids, use_cache=False, logits_to_keep=batch.rows).logits.float()
+def _answer_stats(
+    model: nn.Module, batch: ProbeBatch, patch: dict[int, list[int]] | None = None
+) -> tuple[float, float]:
+    """(summed NLL, number right) over the batch's scored answer tokens, teacher-forced, with the FA outputs
+    of `patch` ({layer: heads}) replaced by their LA twins'."""
+    probe = AttentionProbe(patch=patch) if patch else None
+    out = model(input_ids=batch.input_ids, use_cache=False, logits_to_keep=batch.rows, attention_probe=probe)
+    logits = out.logits.float()
     nll = F.cross_entropy(logits.transpose(1, 2), batch.targets, reduction="none")  # [B, R]
     right = logits.argmax(-1) == batch.targets
     return float(nll[batch.row_mask].sum()), float(right[batch.row_mask].sum())
@@ -53,13 +59,9 @@ def patching_effects(
     for batch in as_batches(probes, batch_size):
         batch = batch.to(device)
         base_nll, base_right = _answer_stats(model, batch)
-        for layer, attn in enumerate(attns):
+        for layer in range(L):
             for g in range(G):
-                attn.patch_heads = list(range(g * gs, (g + 1) * gs))
-                try:
-                    nll, right = _answer_stats(model, batch)
-                finally:
-                    attn.patch_heads = None
+                nll, right = _answer_stats(model, batch, {layer: list(range(g * gs, (g + 1) * gs))})
                 d_nll[layer, g] += nll - base_nll
                 d_acc[layer, g] += base_right - right
         n_tokens += batch.num_tokens

@@ -12,8 +12,7 @@ docs/selection.md lists every difference).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +21,7 @@ from hydrahead_lit.data.synthetic import RetrievalSample
 from hydrahead_lit.modeling.arch import decoder_layers
 from hydrahead_lit.modeling.attention import HybridAttention
 from hydrahead_lit.modeling.plan import HeadPlan
+from hydrahead_lit.modeling.probe import AttentionProbe
 from hydrahead_lit.modeling.student import is_student
 from hydrahead_lit.selection.probes import ProbeBatch, batch_probes
 
@@ -57,19 +57,6 @@ def model_device(model: nn.Module) -> torch.device:
     return p.device if not hasattr(p, "to_local") else p.to_local().device  # FSDP2 DTensor parameters
 
 
-@contextmanager
-def recording_rows(attns: list[HybridAttention], rows: Tensor) -> Iterator[None]:
-    """Record FA attention rows at `rows` during the enclosed forward; always cleared afterwards."""
-    for attn in attns:
-        attn.probe_rows = rows
-    try:
-        yield
-    finally:
-        for attn in attns:
-            attn.probe_rows = None
-            attn.probe_attn = None
-
-
 def fa_head_indices(model: nn.Module, layer: int, attn: HybridAttention) -> list[int]:
     """Original head index of each FA head of `layer` (heads are permuted at conversion; twins keep order)."""
     return model.head_plan.head_order(layer)[: attn.num_fa_heads]
@@ -100,9 +87,11 @@ def retrieval_scores(
     n_samples = n_correct = 0
     for batch in as_batches(probes, batch_size):
         batch = batch.to(device)
-        with recording_rows(attns, batch.rows):
-            out = model(input_ids=batch.input_ids, use_cache=False, logits_to_keep=batch.rows if only_correct else 1)
-            per_layer = [_retrieved_fraction(attn.probe_attn, batch, match) for attn in attns]  # [B, Hfa] each
+        probe = AttentionProbe(rows=batch.rows)
+        logits_to_keep = batch.rows if only_correct else 1
+        out = model(input_ids=batch.input_ids, use_cache=False, logits_to_keep=logits_to_keep, attention_probe=probe)
+        per_layer = [_retrieved_fraction(probe.attention.get(i), batch, match) for i in range(L)]  # [B, Hfa] each
+        del probe  # every layer's [B, Hfa, R, T] rows: free them before the next batch
         B = batch.input_ids.shape[0]
         correct = torch.ones(B, dtype=torch.bool, device=device)
         if only_correct:

@@ -6,6 +6,7 @@ import transformers
 
 import hydrahead_lit as hh
 from hydrahead_lit.modeling.arch import decoder_layers
+from hydrahead_lit.modeling.probe import AttentionProbe
 from tests.modeling.tiny import ARCHS, random_ids, tiny_teacher
 
 # fp32 on CPU: the student runs the same ops as the teacher on permuted rows/columns, so differences are
@@ -138,12 +139,13 @@ def test_twins_expose_both_outputs_and_hand_over_to_stage_2():
     hook = teacher.model.layers[1].self_attn.o_proj.register_forward_pre_hook(
         lambda m, a: captured.setdefault("x", a[0])
     )
+    probe = AttentionProbe(alignment=True)
     with torch.no_grad():
         ref = teacher(ids).logits
-        out = twin(ids).logits
+        out = twin(ids, attention_probe=probe).logits
     hook.remove()
     assert (out - ref).abs().max().item() <= ALL_FA_TOL  # twins never change the layer output
-    fa, la = twin.model.layers[1].self_attn.last_alignment
+    fa, la = probe.alignment_pairs(2)[1]
     assert torch.allclose(fa.flatten(2), captured["x"], atol=1e-6)  # per-head teacher outputs
     assert la.shape == fa.shape
     # "train" the twins, then build a stage-2 student: its LA heads are the twins of the LA heads
@@ -166,12 +168,11 @@ def test_probe_rows_equal_eager_attention_weights():
     with torch.no_grad():
         weights = teacher(ids, output_attentions=True).attentions[1]  # [B, H, T, T]
     twin = hh.convert(teacher, None, twins=True)
-    attn = twin.model.layers[1].self_attn
     rows = torch.tensor([3, 20])
-    attn.probe_rows = rows
+    probe = AttentionProbe(rows=rows)
     with torch.no_grad():
-        twin(ids)
-    assert torch.allclose(attn.probe_attn, weights[:, :, rows], atol=1e-6)
+        twin(ids, attention_probe=probe)
+    assert torch.allclose(probe.attention[1], weights[:, :, rows], atol=1e-6)
 
 
 def test_patching_replaces_only_the_chosen_heads():
@@ -180,9 +181,7 @@ def test_patching_replaces_only_the_chosen_heads():
     ids = random_ids()
     with torch.no_grad():
         base = twin(ids).logits
-        twin.model.layers[1].self_attn.patch_heads = [0, 1]
-        patched = twin(ids).logits
-        twin.model.layers[1].self_attn.patch_heads = None
+        patched = twin(ids, attention_probe=AttentionProbe(patch={1: [0, 1]})).logits
     assert not torch.allclose(base, patched)
     with torch.no_grad():
         assert torch.equal(twin(ids).logits, base)

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from hydrahead_lit.callbacks.head_selection import HeadSelectionCallback  # noqa: E402
 from hydrahead_lit.modeling.arch import decoder_layers  # noqa: E402
+from hydrahead_lit.modeling.probe import AttentionProbe  # noqa: E402
 from tests.selection.planted import planted_teacher  # noqa: E402
 from tests.selection.test_callback import PROBES, TwinModule, _alignment_error  # noqa: E402
 
@@ -25,8 +26,9 @@ from tests.selection.test_callback import PROBES, TwinModule, _alignment_error  
 class ShardedTwinModule(TwinModule):
     def training_step(self, batch, batch_idx):
         self.steps += 1
-        out = self.student(input_ids=batch[0], use_cache=False, logits_to_keep=1)
-        pairs = [layer.self_attn.last_alignment for layer in decoder_layers(self.student)]
+        probe = AttentionProbe(alignment=True)
+        out = self.student(input_ids=batch[0], use_cache=False, logits_to_keep=1, attention_probe=probe)
+        pairs = probe.alignment_pairs(len(decoder_layers(self.student)))
         # FSDP2 on CPU (torch 2.13, gloo) segfaults in backward when the root module's output is not in the
         # loss graph (the zero term keeps it there) or when a unit mixes frozen and trainable parameters
         # (hence everything trains here, at learning rate 0: the weights, so the scores, stay the teacher's)

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import hydrahead_lit as hh
 from hydrahead_lit.callbacks.head_selection import HeadSelectionCallback
 from hydrahead_lit.modeling.arch import decoder_layers
+from hydrahead_lit.modeling.probe import AttentionProbe
 
 PROBES = dict(probe_tasks=["passkey", "niah_single"], probe_length=128, num_probes=2, tokenizer="demo")
 
@@ -32,8 +33,9 @@ class TwinModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         self.steps += 1
-        self.student(input_ids=batch[0], use_cache=False, logits_to_keep=1)
-        pairs = [layer.self_attn.last_alignment for layer in decoder_layers(self.student)]
+        probe = AttentionProbe(alignment=True)
+        self.student(input_ids=batch[0], use_cache=False, logits_to_keep=1, attention_probe=probe)
+        pairs = probe.alignment_pairs(len(decoder_layers(self.student)))
         return sum(torch.mean((la - fa) ** 2) for fa, la in pairs)
 
     def configure_optimizers(self):

@@ -90,7 +90,8 @@ def test_patching_finds_the_circuit(twin, probes):
     assert eff["accuracy"][0, 1] == 0 and eff["accuracy"][1, 0] == 0
     # the previous-token group and the retrieval group carry the circuit: untrained twins lose answers
     assert eff["accuracy"][0, 0] > 0.1 and eff["accuracy"][1, 1] > 0.1
-    assert all(a.patch_heads is None and a.probe_rows is None for a in (l.self_attn for l in twin.model.layers))
+    # nothing is left on the modules: a later plain forward is the teacher's function
+    assert not any(hasattr(l.self_attn, name) for l in twin.model.layers for name in ("patch_heads", "probe_rows"))
 
 
 def test_scores_reject_wrong_models(teacher, probes):
