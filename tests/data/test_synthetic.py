@@ -4,6 +4,7 @@ import pytest
 
 from hydrahead_lit.data.haystack import Haystack
 from hydrahead_lit.data.synthetic import TASKS, make_sample
+from hydrahead_lit.data.templates import MQAR_HEADER, NIAH_HEADER, PASSKEY_HEADER, VT_HEADER, template_texts
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -95,3 +96,17 @@ def test_bad_arguments(demo_tok):
         Haystack("essays")
     with pytest.raises(ValueError, match="distinct 1-digit"):
         make_sample("niah_multivalue", demo_tok, 5000, seed=0, num_values=12, value_digits=1)
+
+
+@pytest.mark.parametrize(
+    ("task", "header"),
+    [
+        ("passkey", PASSKEY_HEADER),
+        ("niah_multikey", NIAH_HEADER),
+        ("mqar", MQAR_HEADER),
+        ("variable_tracking", VT_HEADER),
+    ],
+)
+def test_samples_open_with_the_template_the_demo_tokenizer_learned(demo_tok, task: str, header: str) -> None:
+    assert header in template_texts()
+    assert demo_tok.decode(make_sample(task, demo_tok, 400, seed=1).input_ids).startswith(header)

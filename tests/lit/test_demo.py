@@ -32,7 +32,7 @@ def test_demo_refuses_to_run_without_a_teacher(tmp_path) -> None:
 
 
 def test_demo_end_to_end_on_a_random_teacher(tmp_path) -> None:
-    """Every stage through the command line, selection, exports and evaluation (about 60 s on 2 cores)."""
+    """Every stage as a `python main.py fit` process of the job runner, selection, exports and evaluation."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from hydrahead_lit.data.demo import demo_tokenizer
