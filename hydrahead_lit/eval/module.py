@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 from hydrahead_lit.data.synthetic import TASKS
 from hydrahead_lit.eval import efficiency as eff
 from hydrahead_lit.eval.datamodule import eval_jobs, jobs_loader
-from hydrahead_lit.eval.load import check_lengths, load_model, load_tokenizer, max_length, model_kind, read_config
+from hydrahead_lit.eval.load import check_lengths, load_model, load_tokenizer, model_kind, read_config
+from hydrahead_lit.eval.load import max_length as max_length_of
 from hydrahead_lit.eval.perplexity import perplexity
 from hydrahead_lit.eval.report import RESULTS_NAME, TABLE_NAME, save_run, to_json, write_report
 from hydrahead_lit.eval.ruler import (
@@ -64,6 +65,9 @@ class EvalModule(pl.LightningModule):
         haystack: filler text: ``procedural`` (the demo grammar), ``noise`` (RULER's repeated
             sentences) or a prepared corpus directory of the model's tokenizer (real text).
         overwrite: replace an existing results.json in ``output_dir``.
+        max_length: the longest context evaluated (None: the model's ``max_position_embeddings``). A
+            larger value evaluates past the positions the model declares (RoPE extrapolates), to
+            measure what a model gives there; results record both numbers.
     """
 
     def __init__(
@@ -88,11 +92,15 @@ class EvalModule(pl.LightningModule):
         repeats: int = 3,
         haystack: str = "procedural",
         overwrite: bool = False,
+        max_length: int | None = None,
     ) -> None:
         super().__init__()
         self.config_json = read_config(checkpoint)
         self.kind = model_kind(self.config_json)
-        self.limit = max_length(self.config_json)
+        self.positions = max_length_of(self.config_json)
+        if max_length is not None and max_length < 1:
+            raise ValueError(f"max_length must be a positive number of tokens or null, got {max_length}")
+        self.limit = max_length or self.positions
         self.tasks = list(TASKS) if tasks is None else list(tasks)
         check_tasks(self.tasks)
         self.lengths = sorted(set([256, 512] if lengths is None else lengths))
@@ -191,7 +199,8 @@ class EvalModule(pl.LightningModule):
         facts: dict[str, Any] = {
             "class": type(model).__name__,
             "parameters": sum(p.numel() for p in model.parameters()),
-            "max_position_embeddings": self.limit,
+            "max_position_embeddings": self.positions,
+            "max_length": self.limit,
             "dtype": hp.dtype,
             "kv_cache_fraction": 1.0,
         }

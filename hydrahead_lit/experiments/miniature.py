@@ -1,25 +1,33 @@
-"""The paper's comparison in miniature, one seed per invocation (minutes on one H100):
+"""The paper's comparison on one teacher and corpus, one seed per invocation (or several with --seeds):
 
-    python -m hydrahead_lit.experiments.miniature --out runs/miniature --seed 0
+    python -m hydrahead_lit.experiments.miniature --out runs/miniature --seed 0          # the demo teacher
+    python -m hydrahead_lit.experiments.miniature --configs configs/smollm2 --teacher SmolLM2.gguf \\
+        --out runs/smollm2 --seeds 0 1 2                                               # + report of all seeds
     python -m hydrahead_lit.eval.compare runs/miniature/* -o docs/miniature/
 
-1. `<out>/shared` (made once, reused by every seed): the procedural demo corpus prepared at the teacher's
-   length and the teacher's evaluation (`shared/eval/teacher`). The teacher is the bundled demo teacher
-   (`data/demo/teacher`, pre-trained by `configs/demo/pretrain_teacher.yaml`) unless `--teacher DIR`.
-2. `<out>/seed<N>`: stage 1 once, with three head selections from the same scores (HydraHead 7:1 and 3:1,
-   the best whole layer); then stages 2 and 3 on the same budget for every plan of `plans()` (run side by
-   side, one process each); then every student evaluated with `configs/miniature/eval.yaml`.
+A config set (`--configs`, default configs/miniature) holds stage1/2/3.yaml, eval.yaml and experiment.yaml;
+the last gives the defaults of this command for that set (teacher, corpus, lengths), each overridable here.
 
-Every step is a `python main.py fit|test --config ...` command of the project: the configs run are saved in
-`<out>/seed<N>/configs` (and `shared/configs`), their logs in `.../logs`. The seed sets training (data order,
-initialisation, the random plan, selection probes); evaluation samples are the same for every seed.
+1. `<out>/shared` (made once, reused by every seed): a `.gguf` teacher imported (float32, `shared/teacher`),
+   the corpus prepared with the teacher's own tokenizer (procedural demo documents, Python sources and docs
+   of the installed packages, or `--data`/`--val-data`) at the training length, and the teacher's evaluation.
+2. `<out>/seed<N>`: stage 1 once, with three head selections from the same scores (HydraHead 7:1 and 3:1,
+   the best whole layers at the 3:1 budget); then stages 2 and 3 on the same budget for every plan of
+   `plans()` (side by side on a GPU, one process each); then every student evaluated with eval.yaml.
+
+Lengths are multiples of the training length `seq_len` (experiment.yaml; `auto` = the teacher's
+max_position_embeddings over the largest evaluation multiple): stage 3 at `stage3_multiple`, evaluation at
+`eval_multiples` (within the teacher's positions) and `long_eval_multiples` (past them: what each model
+gives there, the teacher included). Budgets in KV groups round down (`budget`): never more FA than the
+ratio allows. Every step is a `python main.py fit|test --config ...` command of the project, saved in
+`<out>/seed<N>/configs` (and `shared/configs`) with its log in `.../logs`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import math
 import shutil
 import time
 from pathlib import Path
@@ -37,18 +45,31 @@ from hydrahead_lit.experiments.runner import (
     set_run_dir,
 )
 
-CONFIG_DIR = ROOT / "configs" / "miniature"
+DEFAULT_CONFIGS = ROOT / "configs" / "miniature"
 DEFAULT_OUT = Path("runs/miniature")
 DEFAULT_TEACHER = ROOT / "data" / "demo" / "teacher"
+EXPERIMENT_KEYS = ("teacher", "corpus", "corpus_mb", "train_docs", "seq_len", "stage3_multiple", "eval_multiples",
+                   "long_eval_multiples", "efficiency_multiples")  # fmt: skip
 
 
-def plans(num_layers: int, seed: int) -> dict[str, dict[str, Any]]:
+def budget(total_groups: int, ratio: float) -> tuple[int, float]:
+    """(FA KV groups, exact LA:FA ratio) for a nominal `ratio`: floor(total / (ratio + 1)) groups, at least one.
+
+    90 groups at 7:1 would need 11.25: 11 are kept (LA:FA 79:11 = 7.18:1, 12.2% of the KV cache); at 3:1,
+    22 (68:22 = 3.09:1). The exact ratio is what the selection and the random plan are given.
+    """
+    n = max(1, math.floor(total_groups / (ratio + 1) + 1e-9))
+    return n, float(ratio) if n * (ratio + 1) == total_groups else (total_groups - n) / n
+
+
+def plans(num_layers: int, num_kv_groups: int, seed: int) -> dict[str, dict[str, Any]]:
     """Stage-2 model arguments of every compared plan (selection files are relative to the stage-1 run)."""
     interleaved = list(range(3, num_layers, 4)) or [num_layers - 1]  # every 4th layer keeps FA: 3:1 layer-wise
+    ratio7 = budget(num_layers * num_kv_groups, 7)[1]
     return {
         "hydrahead_7to1": {"head_selection": "selection_7to1.json"},
         "hydrahead_3to1": {"head_selection": "selection_3to1.json"},
-        "random_7to1": {"plan": {"method": "random", "ratio": 7, "seed": seed}},
+        "random_7to1": {"plan": {"method": "random", "ratio": ratio7, "seed": seed}},
         "layerwise_3to1": {"plan": {"method": "layerwise", "fa_layers": interleaved}},
         "layerwise_best": {"head_selection": "selection_best_layer.json"},
         "layerwise_last": {"plan": {"method": "layerwise", "fa_layers": [num_layers - 1]}},
@@ -56,29 +77,77 @@ def plans(num_layers: int, seed: int) -> dict[str, dict[str, Any]]:
     }
 
 
-PLAN_NAMES = tuple(plans(4, 0))
+PLAN_NAMES = tuple(plans(4, 2, 0))
+
+
+def experiment_defaults(config_dir: Path) -> dict[str, Any]:
+    path = config_dir / "experiment.yaml"
+    if not path.is_file():
+        raise SystemExit(f"--configs {config_dir} has no experiment.yaml (see configs/miniature/experiment.yaml)")
+    exp = load_config(path) or {}
+    unknown = sorted(set(exp) - set(EXPERIMENT_KEYS))
+    if unknown:
+        raise SystemExit(f"{path}: unknown key(s) {unknown}; known: {', '.join(EXPERIMENT_KEYS)}")
+    return exp
 
 
 class Miniature:
-    """Paths and configs of one invocation; `run()` does the work."""
+    """Settings, paths and job configs of one seed; `run()` does the work."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.out = args.out.resolve()
+        from hydrahead_lit.teachers import is_gguf, teacher_config_dict
+
+        self.args = a = args
+        self.configs = a.configs.resolve()
+        exp = experiment_defaults(self.configs)
+        pick = lambda key: getattr(a, key) if getattr(a, key) is not None else exp.get(key)  # noqa: E731
+        self.out = a.out.resolve()
         self.shared = self.out / "shared"
-        self.seed_dir = self.out / f"seed{args.seed}"
+        self.seed_dir = self.out / f"seed{a.seed}"
         self.data = self.shared / "data"
-        self.teacher = args.teacher.resolve()
-        self.n = args.seq_len
-        self.parallel = args.jobs or (len(args.plans) if gpu_count() else 1)
-        self.teacher_config: dict[str, Any] = {}  # its config.json, read by check_shared()
+        teacher = pick("teacher")
+        if teacher is None:
+            raise SystemExit(f"{self.configs / 'experiment.yaml'} names no teacher: pass --teacher DIR or FILE.gguf")
+        self.teacher = ROOT / teacher if not Path(teacher).is_absolute() and a.teacher is None else Path(teacher)
+        self.teacher = self.teacher.expanduser().resolve()
+        try:
+            self.teacher_config = teacher_config_dict(self.teacher)
+        except ValueError as e:
+            raise SystemExit(f"--teacher: {e}") from None
+        # The path stage jobs read: a GGUF is imported once into shared/teacher (plain safetensors).
+        self.model_teacher = self.shared / "teacher" if is_gguf(self.teacher) else self.teacher
+        c = self.teacher_config
+        self.num_layers, self.num_kv = c["num_hidden_layers"], c.get("num_key_value_heads") or c["num_attention_heads"]
+        self.positions = int(c["max_position_embeddings"])
+        self.corpus = "files" if a.data else (pick("corpus") or "demo")
+        self.eval_mult = list(pick("eval_multiples") or [1, 2, 4])
+        self.long_mult = list(pick("long_eval_multiples") or [])
+        self.eff_mult = list(pick("efficiency_multiples") or [max(self.eval_mult)])
+        seq_len = pick("seq_len") or "auto"
+        self.n = self.positions // max(self.eval_mult) if seq_len == "auto" else int(seq_len)
+        self.stage3_len = int(pick("stage3_multiple") or 2) * self.n
+        self.corpus_mb, self.train_docs = float(pick("corpus_mb") or 64), int(pick("train_docs") or 60000)
+        self.parallel = a.jobs or (len(a.plans) if gpu_count() else 1)
         self.timings: dict[str, float] = {}
         self.stages: dict[str, dict[str, float]] = {}
 
+    # ----- lengths and budgets -------------------------------------------------------------------------
+    @property
+    def eval_lengths(self) -> list[int]:
+        return [m * self.n for m in self.eval_mult]
+
+    @property
+    def long_lengths(self) -> list[int]:
+        return [m * self.n for m in self.long_mult]
+
+    def budgets(self) -> dict[str, dict[str, float]]:
+        total = self.num_layers * self.num_kv
+        return {f"{r}:1": dict(zip(("fa_groups", "ratio"), budget(total, r)), total_groups=total) for r in (7, 3)}
+
     # ----- configs ------------------------------------------------------------------------------------
-    def _data(self, cfg: dict, seq_len: int, tokenizer: str | Path) -> None:
+    def _data(self, cfg: dict, seq_len: int) -> None:
         d = cfg["data"]["init_args"]
-        d.update(data_dirs=str(self.data / "train"), val_dir=str(self.data / "val"), tokenizer=str(tokenizer),
+        d.update(data_dirs=str(self.data / "train"), val_dir=str(self.data / "val"), tokenizer=str(self.model_teacher),
                  seq_len=seq_len)  # fmt: skip
         if "seed" in d:
             d["seed"] = self.args.seed
@@ -88,12 +157,12 @@ class Miniature:
             d["batch_size"] = self.args.batch_size
 
     def _stage(self, name: str, run_dir: Path, seq_len: int, **model: Any) -> dict:
-        cfg = load_config(CONFIG_DIR / f"{name}.yaml")
+        cfg = load_config(self.configs / f"{name}.yaml")
         cfg["seed_everything"] = self.args.seed
         set_run_dir(cfg, run_dir)
         scale_steps(cfg, self.args.steps_scale)
-        self._data(cfg, seq_len, self.teacher)
-        cfg["model"]["init_args"].update(teacher=str(self.teacher), **model)
+        self._data(cfg, seq_len)
+        cfg["model"]["init_args"].update(teacher=str(self.model_teacher), **model)
         if self.args.accelerator:
             cfg["trainer"]["accelerator"] = self.args.accelerator
         return cfg
@@ -103,8 +172,14 @@ class Miniature:
 
     def stage1_job(self) -> Job:
         cfg = self._stage("stage1", self.seed_dir / "stage1", self.n)
+        total = self.num_layers * self.num_kv
         for sel in callbacks(cfg, "HeadSelectionCallback"):
-            sel.update(tokenizer=str(self.teacher), probe_length=self.n, seed=self.args.seed)
+            sel.update(tokenizer=str(self.model_teacher), probe_length=self.n, seed=self.args.seed,
+                       ratio=budget(total, float(sel.get("ratio", 7.0)))[1])  # the config's ratio, rounded  # fmt: skip
+            if self.args.probes is not None:
+                sel.update(
+                    num_probes=self.args.probes, probe_batch_size=min(sel.get("probe_batch_size", 8), self.args.probes)
+                )
         return self._job("stage1", "fit", cfg, self.seed_dir)
 
     def stage_jobs(self, stage: int, plan_args: dict[str, dict[str, Any]]) -> list[Job]:
@@ -117,19 +192,24 @@ class Miniature:
                                   head_selection=selection and str(self.seed_dir / "stage1" / selection),
                                   plan=model.get("plan"))  # fmt: skip
             else:
-                cfg = self._stage("stage3", run, 2 * self.n, init_from=str(self.seed_dir / name / "stage2" / "student"))
+                cfg = self._stage("stage3", run, self.stage3_len,
+                                  init_from=str(self.seed_dir / name / "stage2" / "student"))  # fmt: skip
             jobs.append(self._job(f"{name}_stage{stage}", "fit", cfg, self.seed_dir))
         return jobs
 
     def eval_job(self, name: str, checkpoint: Path, where: Path) -> Job:
-        cfg = load_config(CONFIG_DIR / "eval.yaml")
+        cfg = load_config(self.configs / "eval.yaml")
         cfg["trainer"]["logger"]["init_args"].update(save_dir=str(where / "eval"), name="tensorboard", version=name)
         if self.args.accelerator:
             cfg["trainer"]["accelerator"] = self.args.accelerator
         m = cfg["model"]["init_args"]
-        m.update(checkpoint=str(checkpoint), name=name, output_dir=str(where / "eval" / name),
-                 lengths=[self.n, 2 * self.n, 4 * self.n], efficiency_lengths=[4 * self.n], ppl_seq_len=self.n,
-                 held_out_dir=str(self.data / "val"))  # fmt: skip
+        lengths = self.eval_lengths + self.long_lengths
+        m.update(checkpoint=str(checkpoint), name=name, output_dir=str(where / "eval" / name), lengths=lengths,
+                 efficiency_lengths=[e * self.n for e in self.eff_mult], ppl_seq_len=self.n,
+                 held_out_dir=str(self.data / "val"),
+                 haystack="procedural" if self.corpus == "demo" else str(self.data / "val"))  # fmt: skip
+        if max(lengths + m["efficiency_lengths"]) > self.positions:  # past the teacher's positions, on purpose
+            m["max_length"] = max(lengths + m["efficiency_lengths"])
         if self.args.eval_samples is not None:
             m["num_samples"] = self.args.eval_samples
             m["batch_size"] = min(m["batch_size"], self.args.eval_samples)
@@ -142,19 +222,30 @@ class Miniature:
         run_jobs(jobs, parallel)
         self.timings[phase] = time.perf_counter() - start
 
-    def check_shared(self) -> None:
-        """The teacher must be a model directory, and the shared settings those of every earlier seed in `--out`
-        (the seeds share one corpus and one teacher evaluation)."""
-        if not (self.teacher / "config.json").is_file():
-            raise SystemExit(f"--teacher {self.teacher} is not a model directory (no config.json)")
-        self.teacher_config = json.loads((self.teacher / "config.json").read_text())
-        limit = self.teacher_config.get("max_position_embeddings")
-        if limit is not None and 4 * self.n > limit:  # found now, not after training, when evaluation starts
-            raise SystemExit(f"evaluation at 4 x --seq-len = {4 * self.n} tokens exceeds the teacher's "
-                             f"max_position_embeddings ({limit}); lower --seq-len to at most {limit // 4}")  # fmt: skip
+    def settings(self) -> dict[str, Any]:
         a = self.args
-        settings = {"teacher": str(self.teacher), "seq_len": a.seq_len, "train_docs": a.train_docs,
-                    "eval_samples": a.eval_samples}  # fmt: skip
+        corpus: dict[str, Any] = {"corpus": self.corpus}
+        if self.corpus == "files":
+            resolved = lambda paths: [str(Path(p).resolve()) for p in paths or []]  # noqa: E731
+            corpus.update(data=resolved(a.data), val_data=resolved(a.val_data))
+        elif self.corpus == "python":
+            corpus["corpus_mb"] = self.corpus_mb
+        else:
+            corpus["train_docs"] = self.train_docs
+        return {"teacher": str(self.teacher), "seq_len": self.n, "eval_samples": a.eval_samples, **corpus,
+                "stage3_len": self.stage3_len, "lengths": self.eval_lengths + self.long_lengths}  # fmt: skip
+
+    def check_shared(self) -> None:
+        """Lengths the teacher can be evaluated at, and the shared settings those of every earlier seed in `--out`
+        (the seeds share one corpus and one teacher evaluation)."""
+        top = max(self.eval_lengths)
+        if top > self.positions:  # found now, not after training, when evaluation starts
+            raise SystemExit(f"evaluation at {max(self.eval_mult)} x --seq-len = {top} tokens exceeds the teacher's "
+                             f"max_position_embeddings ({self.positions}); lower --seq-len to at most "
+                             f"{self.positions // max(self.eval_mult)}")  # fmt: skip
+        if self.corpus == "files" and not self.args.val_data:
+            raise SystemExit("--data needs --val-data: held-out files for perplexity, validation and the haystack")
+        settings = self.settings()
         record = self.shared / "settings.json"
         if record.is_file():
             earlier = json.loads(record.read_text())
@@ -167,13 +258,19 @@ class Miniature:
         record.write_text(json.dumps(settings, indent=1) + "\n")
 
     def prepare_shared(self) -> None:
-        from hydrahead_lit.demo import prepare_data
+        from hydrahead_lit.experiments.corpus import prepare_splits
+        from hydrahead_lit.teachers import import_gguf, is_gguf
 
         start = time.perf_counter()
-        prepare_data(self.shared, self.args.train_docs, 500, seq_len=self.n)
+        if is_gguf(self.teacher) and not (self.model_teacher / "config.json").is_file():
+            print(f"[teacher] importing {self.teacher} into {self.model_teacher}", flush=True)
+            import_gguf(self.teacher, self.model_teacher, dtype="float32", overwrite=True)
+        a = self.args
+        prepare_splits(self.data, self.corpus, self.model_teacher, self.n, int(self.corpus_mb * 2**20),
+                       (self.train_docs, 500), a.data, a.val_data, ROOT, a.prepare_workers)  # fmt: skip
         self.timings["data"] = time.perf_counter() - start
         if not (self.shared / "eval" / "teacher" / "results.json").is_file():
-            self._timed("teacher evaluation", [self.eval_job("teacher", self.teacher, self.shared)])
+            self._timed("teacher evaluation", [self.eval_job("teacher", self.model_teacher, self.shared)])
 
     def run(self) -> dict[str, Any]:
         self.check_shared()  # before anything is deleted
@@ -185,8 +282,8 @@ class Miniature:
         start = time.perf_counter()
         self.prepare_shared()
         t_seed = time.perf_counter()
-        num_layers = self.teacher_config["num_hidden_layers"]
-        plan_args = {k: v for k, v in plans(num_layers, self.args.seed).items() if k in self.args.plans}
+        all_plans = plans(self.num_layers, self.num_kv, self.args.seed)
+        plan_args = {k: v for k, v in all_plans.items() if k in self.args.plans}
         self._timed("stage 1 + head selection", [self.stage1_job()])
         self.stages["stage1"] = last_scalars(self.seed_dir / "stage1")
         for stage in (2, 3):
@@ -201,22 +298,27 @@ class Miniature:
 
     def report(self, names: list[str]) -> dict[str, Any]:
         from hydrahead_lit.eval.compare import compare
+        from hydrahead_lit.experiments.environment import environment
 
         runs = [self.shared / "eval" / "teacher", *(self.seed_dir / "eval" / n for n in names)]
         paths = compare(runs, self.seed_dir / "report")
         selections = {}
         for f in sorted((self.seed_dir / "stage1").glob("selection_*.json")):
             sel = json.loads(f.read_text())
-            selections[f.stem] = {"chosen": sel["chosen"], "method": sel["method"], "ratio": sel["ratio"]}
+            selections[f.stem] = {"chosen": sel["chosen"], "method": sel["method"], "ratio": sel["ratio"],
+                                  "heatmap": str(f.with_suffix(".png"))}  # fmt: skip
         summary = {
             "seed": self.args.seed,
             "teacher": str(self.teacher),
+            "settings": self.settings(),
+            "budgets": self.budgets(),
             "selections": selections,
             "stages": self.stages,
             "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
             "environment": environment(),
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
-        }
+            "args": {k: [str(x) for x in v] if isinstance(v, list) and v and isinstance(v[0], Path)
+                     else str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
+        }  # fmt: skip
         (self.seed_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print("\n" + Path(paths["table"]).read_text())
         for name, sel in selections.items():
@@ -226,53 +328,59 @@ class Miniature:
         return summary
 
 
-def environment() -> dict[str, str]:
-    """Versions and device the numbers were measured with."""
-    import importlib.metadata as md
-
-    import torch
-
-    env = {"python": platform.python_version(), "device": "cpu"}
-    for pkg in ("torch", "lightning", "transformers", "triton", "flash-linear-attention"):
-        try:
-            env[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    if torch.cuda.is_available():
-        env["device"] = torch.cuda.get_device_name(0)
-    return env
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m hydrahead_lit.experiments.miniature", description=__doc__.split("\n")[0]
     )
+    p.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS,
+                   help="config set: stage1/2/3, eval and experiment.yaml (default configs/miniature)")  # fmt: skip
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="experiment directory (default runs/miniature)")
-    p.add_argument("--seed", type=int, default=0, help="training seed of this invocation")
-    p.add_argument(
-        "--teacher", type=Path, default=DEFAULT_TEACHER, help="teacher directory (default: the demo teacher)"
-    )
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="training seed of this invocation")
+    seeds.add_argument("--seeds", type=int, nargs="+", default=None,
+                       help="several seeds one after another, then one report of them all in <out>/report")  # fmt: skip
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="teacher: a model directory or a .gguf file (default: experiment.yaml's)")  # fmt: skip
+    p.add_argument("--corpus", choices=("demo", "python"), default=None, help="corpus (default: experiment.yaml's)")
+    p.add_argument("--data", nargs="+", default=None, help="training files instead of a corpus (prepare.py inputs)")
+    p.add_argument("--val-data", nargs="+", default=None, help="held-out files, needed with --data")
+    p.add_argument("--corpus-mb", type=float, default=None, help="size of the Python corpus in MiB")
+    p.add_argument("--train-docs", type=int, default=None, help="procedural training documents (demo corpus)")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="length of stages 1-2 (experiment.yaml's; auto: positions / top eval multiple)")  # fmt: skip
+    p.add_argument("--stage3-multiple", type=int, default=None, help="stage-3 length in units of --seq-len")
+    p.add_argument("--eval-multiples", type=int, nargs="+", default=None, help="eval lengths within the positions")
+    p.add_argument("--long-eval-multiples", type=int, nargs="*", default=None, help="eval lengths past them")
+    p.add_argument("--efficiency-multiples", type=int, nargs="+", default=None, help="cache/speed lengths")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same seed")
     p.add_argument("--plans", nargs="+", default=list(PLAN_NAMES), choices=PLAN_NAMES,
                    help="plans to compare (default: all)")  # fmt: skip
     p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: all plans on GPU, 1 on CPU)")
-    p.add_argument(
-        "--seq-len",
-        type=int,
-        default=256,
-        help="the teacher's training length (the demo teacher's: 256); eval at 1x, 2x, 4x",
-    )
-    p.add_argument("--train-docs", type=int, default=60000, help="procedural training documents")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every run's max_steps (tests: small)")
     p.add_argument("--batch-size", type=int, default=None, help="override every run's batch size (tests: small)")
     p.add_argument("--num-workers", type=int, default=None, help="override data loader workers")
-    p.add_argument("--eval-samples", type=int, default=None, help="samples per task x length (config: 50)")
+    p.add_argument("--prepare-workers", type=int, default=1, help="tokenizer processes preparing the corpus")
+    p.add_argument("--eval-samples", type=int, default=None, help="samples per task x length (config: eval.yaml)")
+    p.add_argument("--probes", type=int, default=None, help="override every selection's num_probes (tests: small)")
     p.add_argument("--accelerator", default=None, help="trainer accelerator (configs: auto)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return Miniature(parse_args(argv)).run()
+    args = parse_args(argv)
+    if args.seeds is None:
+        return Miniature(args).run()
+    from hydrahead_lit.eval.compare import compare
+
+    summaries = {}
+    for seed in args.seeds:
+        args.seed = seed
+        summaries[seed] = Miniature(args).run()
+    out = args.out.resolve()
+    runs = [out / "shared" / "eval" / "teacher", *(out / f"seed{s}" / "eval" for s in args.seeds)]
+    paths = compare(runs, out / "report")
+    print(f"\nall seeds {args.seeds}: {paths['table']}\n" + Path(paths["table"]).read_text())
+    return {"seeds": summaries, "report": {k: str(v) for k, v in paths.items() if k != "plots"}}
 
 
 if __name__ == "__main__":

@@ -30,21 +30,26 @@ SMALL = ("--batch-size", "3", "--num-workers", "0", "--eval-samples", "4", "--ac
 # ----- plans and arguments --------------------------------------------------------------------------------
 @pytest.mark.parametrize(("layers", "interleaved"), [(4, [3]), (8, [3, 7]), (2, [1])])
 def test_plans(layers: int, interleaved: list[int]) -> None:
-    p = plans(layers, seed=11)
+    p = plans(layers, 2, seed=11)
     assert list(p) == ALL_PLANS
     assert p["layerwise_3to1"] == {"plan": {"method": "layerwise", "fa_layers": interleaved}}
     assert p["layerwise_last"] == {"plan": {"method": "layerwise", "fa_layers": [layers - 1]}}
-    assert p["random_7to1"] == {"plan": {"method": "random", "ratio": 7, "seed": 11}}
+    # 2 layers x 2 groups cannot meet 7:1: one group is kept (3:1); 8 and 16 groups meet it exactly.
+    assert p["random_7to1"] == {"plan": {"method": "random", "ratio": 7 if layers > 2 else 3, "seed": 11}}
     assert p["all_la"] == {"plan": {"method": "all_la"}}
     for name, file in SELECTION_FILES.items():
         assert p[name] == {"head_selection": file}
 
 
-def test_parse_args_defaults() -> None:
+def test_parse_args_defaults(tmp_path) -> None:
     args = parse_args([])
-    assert args.teacher == DEFAULT_TEACHER == ROOT / "data" / "demo" / "teacher"
+    assert args.teacher is None and args.seq_len is None  # from configs/miniature/experiment.yaml
+    m = make(tmp_path)
+    assert m.teacher == m.model_teacher == DEFAULT_TEACHER == ROOT / "data" / "demo" / "teacher"
     assert (DEFAULT_TEACHER / "config.json").is_file()  # the bundled teacher is in the repository
-    assert args.seq_len == 256 and args.seed == 0 and args.plans == ALL_PLANS
+    assert m.n == 256 and m.stage3_len == 512 and m.eval_lengths == [256, 512, 1024] and m.long_lengths == []
+    assert m.corpus == "demo" and m.train_docs == 60000
+    assert args.seed == 0 and args.seeds is None and args.plans == ALL_PLANS
     assert args.steps_scale == 1.0 and not args.overwrite
     assert args.batch_size is None and args.num_workers is None and args.accelerator is None
     with pytest.raises(SystemExit):
@@ -87,6 +92,9 @@ def test_stage1_job(tmp_path) -> None:
     assert len(selections) == 3
     for sel in selections:
         assert sel["tokenizer"] == str(DEFAULT_TEACHER) and sel["probe_length"] == 256 and sel["seed"] == 5
+    # 8 groups meet both budgets exactly; the best whole layers are chosen at the 3:1 budget.
+    assert {s["output"]: s["ratio"] for s in selections} == {"selection_7to1.json": 7.0, "selection_3to1.json": 3.0,
+                                                             "selection_best_layer.json": 3.0}  # fmt: skip
     # The outputs stay relative (next to the TensorBoard files): stage 2 reads them from the stage-1 run dir.
     assert sorted(s["output"] for s in selections) == sorted(SELECTION_FILES.values())
     t, d = cfg["trainer"], cfg["data"]["init_args"]
@@ -105,7 +113,7 @@ def test_without_overrides_the_config_values_stay(tmp_path) -> None:
 def test_stage2_jobs(tmp_path) -> None:
     m = make(tmp_path, *SMALL)
     seed_dir = m.seed_dir
-    jobs = {j.name: j for j in m.stage_jobs(2, plans(4, 5))}
+    jobs = {j.name: j for j in m.stage_jobs(2, plans(4, 2, 5))}
     assert list(jobs) == [f"{p}_stage2" for p in ALL_PLANS]
     for name in ALL_PLANS:
         job = jobs[f"{name}_stage2"]
@@ -119,7 +127,7 @@ def test_stage2_jobs(tmp_path) -> None:
             assert model["plan"] is None
         else:
             assert model["head_selection"] is None  # the config's default selection must not win over the plan
-            assert model["plan"] == plans(4, 5)[name]["plan"]
+            assert model["plan"] == plans(4, 2, 5)[name]["plan"]
     assert jobs["random_7to1_stage2"].cfg["model"]["init_args"]["plan"]["seed"] == 5
 
 
@@ -151,6 +159,7 @@ def test_eval_job(tmp_path, seq_len: int, samples: str, batch: int) -> None:
     assert model["output_dir"] == str(m.seed_dir / "eval" / "all_la")
     assert model["lengths"] == [seq_len, 2 * seq_len, 4 * seq_len] and model["efficiency_lengths"] == [4 * seq_len]
     assert model["ppl_seq_len"] == seq_len and model["held_out_dir"] == str(m.shared / "data" / "val")
+    assert model["haystack"] == "procedural" and "max_length" not in model  # within the teacher's positions
     assert model["num_samples"] == int(samples) and model["batch_size"] == batch
     assert model["seed"] == 0  # the same evaluation samples for every training seed
 
@@ -169,8 +178,8 @@ def test_every_config_is_accepted_by_the_cli(tmp_path, capsys, monkeypatch, whic
     m = make(tmp_path, *SMALL)
     job = {
         "stage1": m.stage1_job,
-        "stage2 selection": lambda: m.stage_jobs(2, {"hydrahead_7to1": plans(4, 5)["hydrahead_7to1"]})[0],
-        "stage2 baseline": lambda: m.stage_jobs(2, {"random_7to1": plans(4, 5)["random_7to1"]})[0],
+        "stage2 selection": lambda: m.stage_jobs(2, {"hydrahead_7to1": plans(4, 2, 5)["hydrahead_7to1"]})[0],
+        "stage2 baseline": lambda: m.stage_jobs(2, {"random_7to1": plans(4, 2, 5)["random_7to1"]})[0],
         "stage3": lambda: m.stage_jobs(3, {"all_la": {}})[0],
         "eval": lambda: m.eval_job("all_la", m.seed_dir / "all_la", m.seed_dir),
     }[which]()
@@ -193,7 +202,7 @@ def test_every_config_is_accepted_by_the_cli(tmp_path, capsys, monkeypatch, whic
 # ----- refusals -------------------------------------------------------------------------------------------
 def teacher_dir(path: Path) -> Path:
     path.mkdir(parents=True)
-    (path / "config.json").write_text("{}")
+    (path / "config.json").write_text((DEFAULT_TEACHER / "config.json").read_text())
     return path
 
 

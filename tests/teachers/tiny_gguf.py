@@ -24,24 +24,26 @@ TEXT = (
 )
 
 
-def tiny_bpe(vocab_size: int = 300) -> Tokenizer:
-    """A byte-level BPE tokenizer trained on a few lines (256 byte tokens, the specials, a few merges)."""
+def tiny_bpe(vocab_size: int = 300, texts: list[str] | None = None) -> Tokenizer:
+    """A byte-level BPE tokenizer trained on `texts` (default: a few lines): 256 byte tokens, the specials, merges."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), initial_alphabet=alphabet,
                                   show_progress=False)  # fmt: skip
-    tok.train_from_iterator([TEXT] * 20, trainer)
+    tok.train_from_iterator(texts or [TEXT] * 20, trainer)
     return tok
 
 
-def tiny_llama(vocab_size: int, tied: bool = True, seed: int = 0) -> transformers.LlamaForCausalLM:
+def tiny_llama(vocab_size: int, tied: bool = True, seed: int = 0, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+               positions: int = 256, hidden: int = 64) -> transformers.LlamaForCausalLM:  # fmt: skip
+    """A random llama (head_dim = hidden / heads, as llama.cpp assumes without a key_length entry)."""
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-5,
-        tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=positions,
+        rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )  # fmt: skip
     model = transformers.LlamaForCausalLM(config)
     with torch.no_grad():  # norms away from 1 so that a norm copied wrongly shows in the logits
