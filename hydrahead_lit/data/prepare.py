@@ -223,9 +223,29 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify_prepared(directory: str | Path, full: bool = False) -> Manifest:
-    """Check a prepared directory: manifest, index, every chunk present with the right size
-    (and, with ``full``, the right SHA-256). ValueError naming the bad file otherwise."""
+def _chunk_ids(path: Path, chunk: dict, dtype: np.dtype) -> np.ndarray:
+    """The token ids of a chunk file: its last ``dim`` items (LitData writes a small header first)."""
+    n = int(chunk["dim"])
+    raw = path.read_bytes()
+    return np.frombuffer(raw[len(raw) - n * dtype.itemsize :], dtype=dtype)
+
+
+def sample_chunks(chunks: list[dict], budget_bytes: float) -> list[int]:
+    """Indices of the chunks a sampled check reads: every chunk when they fit in ``budget_bytes``, else
+    evenly spread ones (the first and the last among them) that do; none for a zero budget."""
+    if budget_bytes <= 0 or not chunks:
+        return []
+    total = sum(int(c["chunk_bytes"]) for c in chunks)
+    if total <= budget_bytes:
+        return list(range(len(chunks)))
+    k = max(1, int(budget_bytes // (total / len(chunks))))
+    return sorted({round(i * (len(chunks) - 1) / max(1, k - 1)) for i in range(k)})
+
+
+def verify_prepared(directory: str | Path, full: bool = False, sample_bytes: float = 0) -> Manifest:
+    """Check a prepared directory: manifest, index, every chunk present with the right size, and the
+    SHA-256 and token ids (``< vocab_size``) of every chunk (``full``) or of an evenly spread sample of
+    ``sample_bytes`` of them. ValueError naming the bad file otherwise."""
     d = Path(directory)
     manifest = Manifest.load(d)
     index_path = d / "index.json"
@@ -245,7 +265,18 @@ def verify_prepared(directory: str | Path, full: bool = False) -> Manifest:
                 f"chunk {path} is corrupt: {path.stat().st_size} bytes, index says {chunk['chunk_bytes']}; "
                 f"prepare {d} again"
             )
+    checked = range(len(chunks)) if full else sample_chunks(chunks, sample_bytes)
+    dtype = np.dtype(manifest.dtype)
+    for i in checked:
+        chunk = chunks[i]
+        path = d / chunk["filename"]
         expected = manifest.chunk_sha256.get(chunk["filename"])
-        if full and expected is not None and _sha256(path) != expected:
-            raise ValueError(f"chunk {path} is corrupt (checksum mismatch); prepare {d} again")
+        if expected is not None and _sha256(path) != expected:
+            raise ValueError(f"chunk {path} is corrupt (checksum mismatch with the manifest); prepare {d} again")
+        top = int(_chunk_ids(path, chunk, dtype).max(initial=0))
+        if top >= manifest.vocab_size:
+            raise ValueError(
+                f"chunk {path} is corrupt: it holds token id {top}, past the tokenizer's {manifest.vocab_size} "
+                f"tokens; prepare {d} again"
+            )
     return manifest

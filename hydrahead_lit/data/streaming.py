@@ -11,6 +11,7 @@ serve these rows to Lightning are in :mod:`hydrahead_lit.data.loaders`.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,10 @@ SYNTHETIC_HAYSTACKS = ("corpus", "procedural", "noise")
 SYNTHETIC_LOSS = ("all", "answer")
 
 
-def open_prepared(directory: str | Path, tokenizer, seq_len: int) -> Manifest:
-    """Load, check and validate a prepared directory against ``tokenizer`` and ``seq_len``."""
-    manifest = verify_prepared(directory)
+def open_prepared(directory: str | Path, tokenizer, seq_len: int, sample_bytes: float = 0) -> Manifest:
+    """Load, check and validate a prepared directory against ``tokenizer`` and ``seq_len``; the SHA-256
+    and token ids of ``sample_bytes`` of its chunks (spread over the directory) are checked too."""
+    manifest = verify_prepared(directory, sample_bytes=sample_bytes)
     validate(manifest, tokenizer, directory)
     if manifest.chunk_tokens < seq_len + 1:
         raise ValueError(
@@ -44,8 +46,16 @@ def _unit_hash(*parts: object) -> int:
     return int.from_bytes(digest, "little")
 
 
+class ChunkReadError(RuntimeError):
+    """A row could not be read from a prepared directory, or holds ids past the vocabulary (names the chunk)."""
+
+
 class TokenRows(StreamingDataset):
-    """Rows ``{"input_ids": int64 [seq_len+1], "loss_mask": bool [seq_len+1]}`` from one directory."""
+    """Rows ``{"input_ids": int64 [seq_len+1], "loss_mask": bool [seq_len+1]}`` from one directory.
+
+    A row that cannot be read, or that holds a token id of at least the manifest's ``vocab_size`` (a
+    corrupt chunk), raises ``ChunkReadError`` naming the chunk file, before any model sees it.
+    """
 
     def __init__(self, input_dir: str, seq_len: int, tokenizer: str, shuffle: bool = True, seed: int = 42,
                  stream: int = 0, synthetic_fraction: float = 0.0, synthetic_tasks: tuple[str, ...] = TASKS,
@@ -73,6 +83,11 @@ class TokenRows(StreamingDataset):
         self.synthetic_haystack = synthetic_haystack
         self.synthetic_loss = synthetic_loss
         self._tokenizer = None
+        self.directory = Path(input_dir)
+        index = json.loads((self.directory / "index.json").read_text())
+        self.chunk_files = [c["filename"] for c in index["chunks"]]
+        self._chunk_ends = np.cumsum([c["dim"] // (seq_len + 1) for c in index["chunks"]])
+        self.vocab_size = Manifest.load(input_dir).vocab_size
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -105,11 +120,32 @@ class TokenRows(StreamingDataset):
             mask[start:end] = True
         return {"input_ids": torch.tensor(sample.full_ids, dtype=torch.long), "loss_mask": mask}
 
+    def chunk_file(self, index) -> Path:
+        """The chunk file that row ``index`` (an int or LitData's ``ChunkedIndex``) is read from."""
+        chunk = getattr(index, "chunk_index", None)
+        if chunk is None:
+            chunk = int(np.searchsorted(self._chunk_ends, int(index), side="right"))
+        return self.directory / self.chunk_files[min(chunk, len(self.chunk_files) - 1)]
+
+    def _corrupt(self, index, what: str) -> ChunkReadError:
+        return ChunkReadError(f"{what} in chunk {self.chunk_file(index)}; check the directory with "
+                              f"`python data/prepare.py --verify {self.directory}` and prepare it again")  # fmt: skip
+
     def __getitem__(self, index):
-        item = super().__getitem__(index)
+        try:
+            item = super().__getitem__(index)
+        except Exception as e:
+            if isinstance(index, slice):
+                raise
+            raise self._corrupt(index, f"reading row {int(getattr(index, 'index', index))} failed "
+                                       f"({type(e).__name__}: {e})") from e  # fmt: skip
         if isinstance(index, slice):
             return item
         ids = torch.from_numpy(np.asarray(item).astype(np.int64))
+        if len(ids) and not 0 <= int(ids.min()) <= int(ids.max()) < self.vocab_size:
+            bad = int(ids.max()) if int(ids.max()) >= self.vocab_size else int(ids.min())
+            raise self._corrupt(index, f"token id {bad} of row {int(getattr(index, 'index', index))} is outside "
+                                       f"the vocabulary (0..{self.vocab_size - 1})")  # fmt: skip
         if self.synthetic_fraction > 0:
             i = int(getattr(index, "index", index))
             row = self.synthetic_row(i, int(self.current_epoch), ids.tolist())

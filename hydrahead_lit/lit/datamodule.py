@@ -13,12 +13,18 @@ a resume.
 
 from __future__ import annotations
 
+import warnings
+
 from lightning.pytorch import LightningDataModule
 
 from hydrahead_lit.data.loaders import MixtureLoader, RowLoader
 from hydrahead_lit.data.prepare import load_tokenizer
 from hydrahead_lit.data.streaming import TokenRows, open_prepared
 from hydrahead_lit.data.synthetic import make_sample
+
+# The loaders define __len__ on purpose (Lightning needs the epoch length to resume exactly, see
+# data/loaders.py); Lightning's generic caution about iterable datasets with a length does not apply.
+warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
 DEFAULT_SYNTHETIC_TASKS = ("passkey", "niah_single", "niah_multikey", "niah_multivalue", "mqar", "variable_tracking")
 
@@ -43,6 +49,9 @@ class TokenDataModule(LightningDataModule):
         seed: shuffling and synthetic-row seed.
         shuffle: shuffle training rows.
         pin_memory: pin host memory of batches (useful on GPU).
+        verify_mb: megabytes of chunks, spread over each directory, whose SHA-256 and token ids are
+            checked at setup (all chunks of a smaller directory; 0: sizes only). Every row read later is
+            checked against the vocabulary too, and a bad one names its chunk file.
     """
 
     def __init__(
@@ -61,6 +70,7 @@ class TokenDataModule(LightningDataModule):
         seed: int = 42,
         shuffle: bool = True,
         pin_memory: bool = False,
+        verify_mb: float = 256.0,
     ) -> None:
         super().__init__()
         self.data_dirs = [data_dirs] if isinstance(data_dirs, str) else list(data_dirs)
@@ -87,6 +97,7 @@ class TokenDataModule(LightningDataModule):
         self.seed = seed
         self.shuffle = shuffle
         self.pin_memory = pin_memory
+        self.verify_mb = verify_mb
         self._tokenizer = None
         self.manifests: dict[str, object] = {}
 
@@ -104,7 +115,7 @@ class TokenDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         dirs = self.data_dirs + ([self.val_dir] if self.val_dir else [])
         for d in dirs:
-            self.manifests[d] = open_prepared(d, self.tokenizer, self.seq_len)
+            self.manifests[d] = open_prepared(d, self.tokenizer, self.seq_len, sample_bytes=self.verify_mb * 2**20)
         if self.synthetic_fraction > 0:  # a task that cannot fit seq_len + 1 fails now, not mid-run
             for task in self.synthetic_tasks:
                 try:
