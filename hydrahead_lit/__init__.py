@@ -9,11 +9,14 @@ Public API::
 """
 
 import hydrahead_lit._checkout  # noqa: F401  (first: maps hydrahead_lit.kernels in an uninstalled checkout)
+from hydrahead_lit.modeling.auto import register_auto_classes
 from hydrahead_lit.modeling.cache import HybridCache, cache_bytes
 from hydrahead_lit.modeling.convert import convert, teacher_head_rms
 from hydrahead_lit.modeling.linear_heads import LAConfig
 from hydrahead_lit.modeling.plan import HeadPlan, fa_groups_for_ratio
-from hydrahead_lit.modeling.student import is_student, load_student
+from hydrahead_lit.modeling.student import is_student, load_student, student_class
+
+register_auto_classes(student_class)  # AutoModelForCausalLM.from_pretrained(student_dir) builds the student
 
 __version__ = "0.1.0"
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from hydrahead_lit.modeling.arch import check_supported, decoder_layers, resolve_fa_implementation
 from hydrahead_lit.modeling.attention import HybridAttention
+from hydrahead_lit.modeling.auto import adopt_student_config
 from hydrahead_lit.modeling.linear_heads import GatedDeltaNetHeads, LAConfig
 from hydrahead_lit.modeling.plan import HeadPlan
 from hydrahead_lit.modeling.student import (
@@ -216,6 +217,7 @@ def convert(
         )
     setattr(student.config, HYDRAHEAD_CONFIG_KEY, hydrahead_spec(base_cls, plan, cfg, twins, arch))
     student.__class__ = student_class(base_cls)
+    adopt_student_config(student)  # saved as a HydraHead model type, loadable through the Auto classes
     install_padding_hook(student)
     impl = resolve_fa_implementation(student, fa_implementation)
     if impl != getattr(student.config, "_attn_implementation", None):

@@ -18,6 +18,7 @@ import torch
 import transformers
 from torch import Tensor, nn
 
+from hydrahead_lit.modeling.auto import adopt_student_config, student_config_class
 from hydrahead_lit.modeling.cache import HybridCache, cache_bytes
 from hydrahead_lit.modeling.linear_heads import LAConfig
 from hydrahead_lit.modeling.plan import HeadPlan
@@ -123,6 +124,7 @@ class HydraHeadMixin:
             raise ValueError("a HydraHead student config needs a 'hydrahead' entry: build students with hh.convert")
         _install_hybrid_attention(self)
         install_padding_hook(self)
+        adopt_student_config(self)  # saved under its own model type (auto.py)
 
     @property
     def head_plan(self) -> HeadPlan:
@@ -169,7 +171,8 @@ class HydraHeadMixin:
 @cache
 def student_class(base_cls: type) -> type:
     """`HydraHead<Base>`: the teacher's class with hybrid attention (one class per base, cached)."""
-    return type(f"HydraHead{base_cls.__name__}", (HydraHeadMixin, base_cls), {"__module__": __name__})
+    attrs = {"__module__": __name__, "config_class": student_config_class(base_cls.config_class)}  # see auto.py
+    return type(f"HydraHead{base_cls.__name__}", (HydraHeadMixin, base_cls), attrs)
 
 
 def base_class(name: str) -> type:

@@ -1,0 +1,73 @@
+"""Saved students through `transformers`' Auto classes: `AutoModelForCausalLM.from_pretrained(student_dir)`.
+
+A student's `config.json` names its own model type, `hydrahead_<family>` (e.g. `hydrahead_qwen3`), so
+that `transformers` cannot mistake it for its teacher's family: without `hydrahead_lit` imported, the
+Auto classes refuse the directory (an unknown model type) instead of building the teacher's
+architecture with the hybrid attention silently dropped. `import hydrahead_lit` registers, for every
+supported family, the config class (`HydraHead<Family>Config`: the family's config under that model
+type) with `AutoConfig` and the student class (`HydraHead<Family>ForCausalLM`, the class
+`hh.load_student` builds) with `AutoModelForCausalLM`, so both ways load the same model.
+
+Inside a student the config still answers `config.model_type` with the family's own name (an instance
+attribute), because `transformers` and the hybrid attention use it to find the family's code; only the
+class attribute, which `to_dict` writes, carries the student's type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+STUDENT_TYPE_PREFIX = "hydrahead_"
+
+
+def student_model_type(base_model_type: str) -> str:
+    return f"{STUDENT_TYPE_PREFIX}{base_model_type}"
+
+
+@cache
+def student_config_class(base_config: type) -> type:
+    """`HydraHead<Family>Config`: `base_config` saved under the model type `hydrahead_<family>`."""
+    if base_config.model_type.startswith(STUDENT_TYPE_PREFIX):
+        return base_config
+    family = base_config.model_type
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.pop("model_type", None)
+        base_config.__init__(self, *args, **kwargs)
+        self.__dict__["model_type"] = family  # what the family's code looks up; to_dict writes the class's
+
+    return type(
+        f"HydraHead{base_config.__name__}",
+        (base_config,),
+        {"model_type": student_model_type(family), "__init__": __init__, "__module__": __name__},
+    )
+
+
+def adopt_student_config(model: Any) -> None:
+    """Give a model converted in place (its config still the teacher family's) the student config class."""
+    cls = student_config_class(type(model.config))
+    if type(model.config) is not cls:
+        model.config.__class__ = cls  # a subclass that only changes the saved model type
+        model.config.__dict__["model_type"] = cls.__mro__[1].model_type
+
+
+def register_auto_classes(student_class: Callable[[type], type]) -> None:
+    """Register every supported family's student config and model (`student_class(<family's causal LM
+    class>)`, whose `config_class` is the family's student config) with `AutoConfig` and
+    `AutoModelForCausalLM` (idempotent). The package's `__init__` calls it on import."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from hydrahead_lit.modeling.arch import SUPPORTED_MODEL_TYPES
+
+    for family in SUPPORTED_MODEL_TYPES:
+        base = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(family, ""), None)
+        if base is None:  # an older transformers without this family
+            continue
+        model_cls = student_class(base)
+        config_cls = model_cls.config_class
+        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+        AutoModelForCausalLM.register(config_cls, model_cls, exist_ok=True)
