@@ -3,7 +3,8 @@
 The student's config is the teacher's config plus a `hydrahead` entry (head plan, LA options, base
 class). The subclass rebuilds its attention modules from that entry in `__init__`, so the standard
 `save_pretrained` / `from_pretrained` machinery (safetensors + config.json) round-trips it, offline
-and without `trust_remote_code`. `generate()` gets a `HybridCache` unless one is passed.
+and without `trust_remote_code`. `generate()` gets a `HybridCache` unless one is passed, or on CUDA a
+`HybridStaticCache` decoded by a CUDA-graph step (fast_decode.py).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from torch import Tensor, nn
 
 from hydrahead_lit.modeling.auto import adopt_student_config, student_config_class
 from hydrahead_lit.modeling.cache import HybridCache, cache_bytes
+from hydrahead_lit.modeling.fast_decode import fast_generation_cache, static_cache_forward
 from hydrahead_lit.modeling.linear_heads import LAConfig
 from hydrahead_lit.modeling.plan import HeadPlan
+from hydrahead_lit.modeling.static_cache import HybridStaticCache
 
 HYDRAHEAD_CONFIG_KEY = "hydrahead"
 SPEC_VERSION = 1
@@ -158,13 +161,24 @@ class HydraHeadMixin:
         elif use_cache and self._given_cache(kwargs) is None:
             # transformers would otherwise create a plain DynamicCache, which has no room for LA states
             kwargs[self._cache_kwarg()] = HybridCache(self.config)
+        elif isinstance(cache := self._given_cache(kwargs), HybridStaticCache):
+            if (fast := static_cache_forward(self, cache, args, kwargs)) is not None:
+                return fast  # a decode step of generate(), served by the cache's FastDecoder
         return super().forward(*args, **kwargs)
 
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
+    fast_generation: bool | None = None
+    """Default of `generate(fast=...)`: None takes the fast path (fast_decode.py) on CUDA, False never."""
+
+    def generate(self, *args: Any, fast: bool | None = None, **kwargs: Any) -> Any:
         if getattr(self.config, HYDRAHEAD_CONFIG_KEY)["twins"]:
             raise ValueError("a stage-1 twin student decodes like its teacher; convert it with a head plan first")
         if self._given_cache(kwargs) is None and kwargs.get("use_cache", True):
-            kwargs[self._cache_kwarg()] = HybridCache(self.config)
+            fast = self.fast_generation if fast is None else fast
+            static = fast_generation_cache(self, args, kwargs, fast)
+            kwargs[self._cache_kwarg()] = HybridCache(self.config) if static is None else static
+            if static is not None:
+                with static.decoder.serving_generate():
+                    return super().generate(*args, **kwargs)
         return super().generate(*args, **kwargs)
 
 
