@@ -3,6 +3,11 @@ the Python corpus (sources and docs of the installed packages) with the retrieva
 
 import json
 
+import pytest
+
+pytest.importorskip("gguf")  # GGUF teachers need the gguf and accelerate packages
+pytest.importorskip("accelerate")
+
 from hydrahead_lit.data.lexicon import ADJECTIVES, NOUNS
 from hydrahead_lit.data.manifest import tokenizer_fingerprint
 from hydrahead_lit.data.prepare import verify_prepared

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+pytest.importorskip("gguf")  # GGUF teachers need the gguf and accelerate packages
+pytest.importorskip("accelerate")
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
