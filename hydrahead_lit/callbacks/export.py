@@ -17,6 +17,20 @@ from torch import nn
 
 from hydrahead_lit.lit.models import save_tokenizer
 
+LOADING_NOTE = """# HydraHead student
+
+Exported by `hydrahead_lit` (head-level full/linear attention hybrid). Its `config.json` names the model
+type `hydrahead_<family>`, which plain `transformers` does not know. Load it with
+
+```python
+import hydrahead_lit as hh
+model = hh.load_student("<this directory>")
+# or, once hydrahead_lit is imported, the usual way:
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained("<this directory>")
+```
+"""
+
 
 def _is_sharded(model: nn.Module) -> bool:
     return any(type(p).__name__ == "DTensor" for p in model.parameters())
@@ -54,19 +68,24 @@ class ExportStudent(Callback):
         """
         self.dirpath = dirpath
         self.overwrite = overwrite
+        self.exported: Path | None = None
 
     def resolve(self, trainer: L.Trainer) -> Path:
         if self.dirpath is not None:
             return Path(self.dirpath)
         return Path(trainer.log_dir or trainer.default_root_dir) / "student"
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def check_target(self, trainer: L.Trainer, resuming: bool) -> None:
+        """ValueError when the export directory already holds a student that this run may not replace."""
         out = self.resolve(trainer)
-        if (out / "config.json").exists() and not self.overwrite and trainer.ckpt_path is None:
+        if (out / "config.json").exists() and not self.overwrite and not resuming:
             raise ValueError(
                 f"{out} already holds an exported student; choose another ExportStudent dirpath or set "
                 "overwrite: true (a resumed run with ckpt_path may overwrite its own export)"
             )
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check_target(trainer, resuming=trainer.ckpt_path is not None)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.export(trainer, pl_module)
@@ -79,6 +98,8 @@ class ExportStudent(Callback):
             out.mkdir(parents=True, exist_ok=True)
             save_hf(student, state, out)
             save_tokenizer(getattr(pl_module, "tokenizer_source", None), out)
+            (out / "README.md").write_text(LOADING_NOTE)
             rank_zero_info(f"exported the student to {out}")
         trainer.strategy.barrier("export_student")
+        self.exported = out
         return out

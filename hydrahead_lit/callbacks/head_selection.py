@@ -214,6 +214,7 @@ class HeadSelectionCallback(Callback):
         result = trainer.strategy.broadcast(result, src=0)
         if trainer.is_global_zero:
             self._write(trainer, result)
+            print(format_selection(result, self._path), flush=True)
         trainer.strategy.barrier("head_selection")
         self.result, self.done = result, True
         return result
@@ -369,6 +370,29 @@ class HeadSelectionCallback(Callback):
                 )
             self._tok = _load_tokenizer(tok) if isinstance(tok, (str, Path)) else tok
         return self._tok
+
+
+def format_selection(result: dict, path: Path | None = None, limit: int = 16) -> str:
+    """The chosen KV groups as a short table with their scores (at most `limit` rows) and where it is saved."""
+    plan = HeadPlan.from_dict(result["plan"])
+    names = [k for k in ("retrieval", "patching", "alignment") if k in result.get("scores", {})]
+    decision = result.get("decision_score")
+    cols = [*names, *(["decision"] if decision is not None else [])]
+    lines = [f"head selection ({result['method']}, {plan.num_fa_groups}/{plan.total_groups} KV groups keep full "
+             f"attention, KV cache {plan.kv_cache_fraction:.1%} of the teacher's):"]  # fmt: skip
+    chosen = [(layer, g) for layer, groups in enumerate(plan.fa_groups) for g in groups]
+    if chosen:
+        lines.append("  " + "  ".join(f"{c:>10}" for c in ["layer", "KV group", *cols]))
+        for layer, g in chosen[:limit]:
+            values = [result["scores"][k][layer][g] for k in names] + ([decision[layer][g]] if decision else [])
+            lines.append("  " + "  ".join([f"{layer:>10}", f"{g:>10}", *(f"{v:>10.3g}" for v in values)]))
+        if len(chosen) > limit:
+            lines.append(f"  ... and {len(chosen) - limit} more (all in the JSON)")
+    else:
+        lines.append("  none: every head becomes linear attention")
+    if path is not None:
+        lines.append(f"  saved to {path} (heat map: {path.with_suffix('.png')})")
+    return "\n".join(lines)
 
 
 def _load_tokenizer(spec: str | Path) -> Any:

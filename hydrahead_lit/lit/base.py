@@ -1,9 +1,12 @@
 """What every stage module shares: trainable-parameter patterns, the frozen teacher kept out of
 checkpoints, FSDP2 in `configure_model`, AdamW with warmup + cosine, and training telemetry
-(learning rate, gradient norm, tokens/s on the progress bar).
+(learning rate, gradient norm, tokens/s on the progress bar, tokens seen).
 
 Stages hand off weights with `init_from` (a student exported by `ExportStudent`, weights only);
-`ckpt_path` resumes the *same* stage, and a checkpoint of another stage is refused.
+`ckpt_path` resumes the *same* run: a checkpoint records its stage, teacher and plan
+(`hydrahead_lit.lit.run_record`) and a checkpoint of another run is refused. A resumed run continues
+its counters (`train/tokens`) and its TensorBoard curves: the steps the interrupted run logged after
+its checkpoint are marked as superseded, so TensorBoard shows each step once.
 """
 
 from __future__ import annotations
@@ -11,17 +14,21 @@ from __future__ import annotations
 import math
 import re
 import time
+import warnings
 from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from hydrahead_lit.lit.run_record import COUNTERS_KEY, RECORD_KEY, STAGE_KEY, check_checkpoint, make_record
 from hydrahead_lit.parallel import mixed_precision_dtype, parallelize
 
-STAGE_KEY = "hydrahead_stage"
+__all__ = ["STAGE_KEY", "StageModule", "select_parameters", "summarize_names"]
 
 
 def select_parameters(model: nn.Module, trainable: list[str], frozen: list[str]) -> list[str]:
@@ -141,20 +148,76 @@ class StageModule(L.LightningModule):
             del sd[key]
         return sd
 
+    # ----- what a checkpoint records, and resuming -----------------------------------------------------
+    def _record_teacher(self) -> str | None:
+        """The teacher this run distils from (None: none is used)."""
+        return getattr(self, "teacher_path", None)
+
+    def _record_plan(self) -> dict | None:
+        """The head plan of the student this run trains (None: the stage-1 twin student)."""
+        return None
+
+    def run_record(self) -> dict[str, Any]:
+        """Stage, teacher and plan of this run, as stored in its checkpoints (see `run_record.py`)."""
+        return make_record(self.stage, type(self), self._record_teacher(), self._record_plan(),
+                           getattr(self, "model_config", None))  # fmt: skip
+
+    @property
+    def model_config_dict(self) -> dict[str, Any]:
+        """`config.json` entries of the model this stage trains, read without loading weights (the command
+        line checks `max_position_embeddings` and `vocab_size` against the data before fit)."""
+        from hydrahead_lit.lit.models import read_model_config, teacher_config
+
+        init_from, teacher = getattr(self, "init_from", None), getattr(self, "teacher_path", None)
+        if init_from is not None:  # a student export: the teacher's config plus the plan
+            return read_model_config(init_from, "init_from")
+        if teacher is not None:
+            return teacher_config(teacher).to_dict()
+        model_config = getattr(self, "model_config", None)
+        if model_config is not None:  # a model trained from scratch: its config with the library's defaults
+            from transformers import AutoConfig
+
+            cfg = dict(model_config)
+            return AutoConfig.for_model(cfg.pop("model_type"), **cfg).to_dict()
+        return {}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         sd = checkpoint.get("state_dict")
         if isinstance(sd, dict):
             for key in [k for k in sd if k.startswith("teacher.")]:
                 del sd[key]
         checkpoint[STAGE_KEY] = self.stage
+        checkpoint[RECORD_KEY] = self.run_record()
+        checkpoint[COUNTERS_KEY] = {"tokens": self._tokens_seen}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        stage = checkpoint.get(STAGE_KEY)
-        if stage is not None and stage != self.stage:
-            raise ValueError(
-                f"ckpt_path holds a '{stage}' checkpoint but this is the '{self.stage}' stage: ckpt_path resumes "
-                f"the same stage; start a new stage from the previous one's exported student with init_from"
+        check_checkpoint(checkpoint, self.run_record())
+        self._tokens_seen = int(checkpoint.get(COUNTERS_KEY, {}).get("tokens", 0))
+
+    def on_fit_start(self) -> None:
+        # The frozen teacher stays in eval mode on purpose; Lightning warns about every eval-mode module.
+        # Silence exactly that warning, and only when the teacher's modules are the only ones in eval mode.
+        eval_modules = [name for name, m in self.named_modules() if not m.training]
+        if eval_modules and all(name == "teacher" or name.startswith("teacher.") for name in eval_modules):
+            warnings.filterwarnings(
+                "ignore", message=rf"Found {len(eval_modules)} module\(s\) in eval mode", category=PossibleUserWarning
             )
+
+    def on_train_start(self) -> None:
+        if self.trainer.ckpt_path is not None:
+            self._supersede_logged_steps(self.trainer.global_step)
+
+    def _supersede_logged_steps(self, step: int) -> None:
+        """Mark TensorBoard events at `step` and later (logged by the interrupted run after its checkpoint)
+        as superseded: TensorBoard drops older events from `step` on when it reads a session start there."""
+        if not self.trainer.is_global_zero:
+            return
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        for logger in self.trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                writer = logger.experiment._get_file_writer()
+                writer.add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
 
     # ----- batches and losses -------------------------------------------------------------------------
     @staticmethod

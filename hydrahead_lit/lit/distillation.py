@@ -118,6 +118,10 @@ class DistillationModule(StageModule):
             raise ValueError("kd_weight, ce_weight, hidden_weight must be >= 0 and not all 0")
         self.teacher_path, self.init_from = teacher, init_from
         self.la_config = hh.LAConfig.from_dict(la)
+        self._student_plan = self.plan.to_dict() if self.plan is not None else spec["plan"]
+
+    def _record_plan(self) -> dict | None:
+        return self._student_plan
 
     @property
     def tokenizer_source(self) -> str | None:

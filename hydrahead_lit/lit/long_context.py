@@ -41,7 +41,8 @@ class LongContextModule(StageModule):
             **kwargs: see `StageModule` (lr, warmup_steps, trainable, ...).
         """
         super().__init__(**kwargs)
-        if student_spec(init_from).get("twins"):
+        spec = student_spec(init_from)
+        if spec.get("twins"):
             raise ValueError(f"init_from {init_from} is a stage-1 twin student; stage 3 starts from the stage-2 export")
         if kd_weight < 0:
             raise ValueError(f"kd_weight must be >= 0, got {kd_weight}")
@@ -50,6 +51,13 @@ class LongContextModule(StageModule):
                 raise ValueError("kd_weight > 0 needs a teacher path")
             teacher_config(teacher)
         self.init_from, self.teacher_path = init_from, teacher
+        self._student_plan = spec["plan"]
+
+    def _record_teacher(self) -> str | None:
+        return self.teacher_path if self.hparams.kd_weight > 0 else None
+
+    def _record_plan(self) -> dict | None:
+        return self._student_plan
 
     @property
     def tokenizer_source(self) -> str | None:
