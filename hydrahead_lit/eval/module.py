@@ -6,7 +6,8 @@ Everything is checked when the module is built (checkpoint directory, task names
 the model's limit, an existing results file), before any weights load. ``setup`` loads the model;
 each ``test_step`` runs one job (a task x length cell, perplexity, or efficiency at one length) and
 logs its figures; the end of the epoch writes ``results.json``, ``results.md`` and PNG plots into
-``output_dir`` and the per-length curves to TensorBoard (x axis = context length).
+``output_dir``, and to TensorBoard the per-length curves (x axis = context length), the table and the
+plots as images. Under ``python main.py test`` the TensorBoard run is named after the model (``name``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ from hydrahead_lit.eval.ruler import (
     run_cell,
 )
 from hydrahead_lit.modeling.student import is_student
+
+
+def _read_png(path: str | Path) -> Any:
+    """An RGB [H, W, 3] float array of a PNG file."""
+    import matplotlib.image
+
+    return matplotlib.image.imread(str(path))[..., :3]
 
 
 class EvalModule(pl.LightningModule):
@@ -192,6 +200,9 @@ class EvalModule(pl.LightningModule):
             writer = getattr(logger, "experiment", None)
             if hasattr(writer, "add_text"):
                 writer.add_text("eval/results", Path(paths["table"]).read_text())
+            if hasattr(writer, "add_image"):  # the PNG plots of results.md, as TensorBoard images
+                for plot in paths["plots"]:
+                    writer.add_image(f"eval/{Path(plot).stem}", _read_png(plot), dataformats="HWC")
         print(f"evaluation of {self.name}: {saved}, {paths['table']}, {len(paths['plots'])} plots")
 
     def _build_results(self, average: dict[int, float]) -> dict[str, Any]:
