@@ -1,9 +1,10 @@
 """The pieces of a HydraHead layer's single-token decode step, as functions of tensors.
 
 Each layer runs: the input RMSNorm and ONE fused input projection (FA q/k/v and LA q/k/v/decay/beta/gate
-weights concatenated, `FusedLinear`), the FA heads over the static cache (`decode_attention`), the LA inputs
-(conv step, q/k norms, RoPE, L2 norms, decay and beta), the gated delta rule update (outside these
-functions: it may be a fla kernel), then the fusion, o_proj, the residual and the post-attention norm.
+weights concatenated, `FusedLinear`) with the FA and LA inputs (q/k norms, RoPE, the LA conv step, L2 norms,
+decay and beta: `attention_inputs`), the FA keys/values written into the static cache (`write_kv`), the FA
+heads over it (`fa_heads`), the gated delta rule update (outside these functions: it may be a fla kernel),
+then the fusion, o_proj, the residual and the post-attention norm (`attention_output`).
 Nothing here synchronises with the host or branches on data, and every shape is static, so the step
 can be captured in a CUDA graph. The functions take tensors and a hashable `LayerDims` only, so one
 `torch.compile` of each serves every layer of the same shape.
@@ -159,11 +160,10 @@ def decode_attention(q: Tensor, keys: Tensor, values: Tensor, visible: Tensor, s
 
 
 def attention_inputs(
-    h: Tensor, w: LayerTensors, d: LayerDims, cos: Tensor, sin: Tensor, visible: Tensor, pos: Tensor
-) -> tuple[Tensor | None, tuple[Tensor, ...] | None, Tensor | None]:
-    """Everything of one layer before the delta-rule update: the FA heads' output `[B, 1, Hfa, D]` (keys and
-    values written at slot `pos`), the LA rule inputs (q, k, v, g, beta; conv state advanced) and the output
-    gate's logits."""
+    h: Tensor, w: LayerTensors, d: LayerDims, cos: Tensor, sin: Tensor
+) -> tuple[tuple[Tensor, Tensor, Tensor] | None, tuple[Tensor, ...] | None, Tensor | None]:
+    """Everything of one layer before attention: the FA heads' q, k, v `[B, 1, H, D]` (normed, rotated), the
+    LA rule inputs (q, k, v, g, beta; the conv state advanced in place) and the output gate's logits."""
     B, D = h.shape[0], d.head_dim
     x = rms_norm(h, w.input_norm, d.norm_eps)
     pieces = list(F.linear(x, w.proj_weight, w.proj_bias).split(d.splits, dim=-1))
@@ -173,12 +173,7 @@ def attention_inputs(
         pieces = pieces[3:]
         if w.fa_q_norm is not None:
             q, k = rms_norm(q, w.fa_q_norm, d.qk_norm_eps), rms_norm(k, w.fa_k_norm, d.qk_norm_eps)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        slot = pos.view(1)
-        w.keys.index_copy_(2, slot, k.transpose(1, 2))
-        w.values.index_copy_(2, slot, v.transpose(1, 2))
-        out = decode_attention(q.transpose(1, 2), w.keys, w.values, visible, d.fa_scaling, d.attention_block)
-        fa = out * w.fa_gain.to(out.dtype)[:, None]
+        fa = (apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
     if d.num_la_heads:
         qkv, a, b = pieces[:3]
         gate = pieces[3] if d.output_gate else None
@@ -196,6 +191,20 @@ def attention_inputs(
         g = -w.A_log.float().exp() * F.softplus(a.float() + w.dt_bias.float())
         la = (q, k, v, g, torch.sigmoid(b.float()))
     return fa, la, gate
+
+
+def write_kv(w: LayerTensors, k: Tensor, v: Tensor, pos: Tensor) -> None:
+    """Write the FA keys and values `[B, 1, Hkv, D]` at slot `pos` of the static cache (kept outside compiled
+    code, so a compiler cannot turn the in-place write into a copy of the whole cache)."""
+    slot = pos.view(1)
+    w.keys.index_copy_(2, slot, k.transpose(1, 2))
+    w.values.index_copy_(2, slot, v.transpose(1, 2))
+
+
+def fa_heads(q: Tensor, w: LayerTensors, d: LayerDims, visible: Tensor) -> Tensor:
+    """The FA heads' gained output `[B, 1, Hfa, D]` over every slot of the static cache."""
+    out = decode_attention(q.transpose(1, 2), w.keys, w.values, visible, d.fa_scaling, d.attention_block)
+    return out * w.fa_gain.to(out.dtype)[:, None]
 
 
 def attention_output(

@@ -33,6 +33,8 @@ from hydrahead_lit.modeling.decode_step import (
     attention_block,
     attention_inputs,
     attention_output,
+    fa_heads,
+    write_kv,
 )
 from hydrahead_lit.modeling.static_cache import HybridStaticCache
 from hydrahead_lit.ops.la_backend import gated_delta_rule, select_la_backend
@@ -53,6 +55,17 @@ def _check_block(block: nn.Module, i: int) -> None:
             )
     if getattr(block, "mlp", None) is None or not hasattr(block.self_attn, "fusion"):
         raise ValueError(f"layer {i} is not a HydraHead decoder block (mlp + hybrid self_attn); use fast=False")
+
+
+def _window(attn: nn.Module) -> int | None:
+    """The sliding window the model's own mask applies to this layer: per `layer_types` where the config
+    has them; Mistral without them slides every layer when `sliding_window` is set."""
+    if attn.sliding_window is not None:
+        return attn.sliding_window
+    config = attn.config
+    if getattr(config, "layer_types", None) is None and config.model_type == "mistral":
+        return getattr(config, "sliding_window", None)
+    return None
 
 
 class _LayerStep:
@@ -77,7 +90,7 @@ class _LayerStep:
             fusion_eps=attn.fusion.eps, use_rope_la=la is not None and la.cfg.use_rope,
             output_gate=la is not None and la.g_proj is not None, attention_block=attention_block(capacity),
         )  # fmt: skip
-        self.window = attn.sliding_window
+        self.window = _window(block.self_attn)
         self.la_backend = "torch"
         if la is not None and select_la_backend(cache_layer.device, False, la.cfg.backend) == "fla":
             self.la_backend = "fla"  # its fused recurrent kernel; the project's chunked Triton op is not for T = 1
@@ -141,13 +154,18 @@ class FastDecoder:
                 raise ValueError(f"the decode step cannot be captured: {reason}; use graph=False")
             logger.info("fast decoding without a CUDA graph: %s", reason)
             want_graph = False
-        self._attention_inputs, self._attention_output = attention_inputs, attention_output
-        if want_graph if compile is None else compile:
-            self._attention_inputs = torch.compile(attention_inputs, dynamic=False)
-            self._attention_output = torch.compile(attention_output, dynamic=False)
-        self.compiled = self._attention_inputs is not attention_inputs
+        self.compiled = want_graph if compile is None else compile
+        self._use_compiled(self.compiled)
         if want_graph:
             self._capture()
+
+    def _use_compiled(self, on: bool) -> None:
+        """The step's pieces (decode_step.py), compiled with torch.compile (once per layer shape) or not."""
+        pieces = (attention_inputs, fa_heads, attention_output)
+        if on:
+            pieces = tuple(torch.compile(fn, dynamic=False) for fn in pieces)
+        self._inputs, self._fa_heads, self._output = pieces
+        self.compiled = on
 
     def _graph_refusal(self) -> str | None:
         rope_type = getattr(self.rotary, "rope_type", "default")
@@ -170,9 +188,12 @@ class FastDecoder:
         visible = {w: self._visible(w) for w in {layer.window for layer in self.layers}}
         for layer in self.layers:
             w, d = layer.tensors, layer.dims
-            fa, la, gate = self._attention_inputs(h, w, d, cos, sin, visible[layer.window], self.pos)
+            fa, la, gate = self._inputs(h, w, d, cos, sin)
+            if fa is not None:
+                write_kv(w, fa[1], fa[2], self.pos)
+                fa = self._fa_heads(fa[0], w, d, visible[layer.window])
             o = _gdn_step(*la, layer.recurrent, layer.la_backend) if la is not None else None
-            h, x = self._attention_output(h, fa, o, gate, w, d)
+            h, x = self._output(h, fa, o, gate, w, d)
             h = h + layer.mlp(x)
         logits = self.lm_head(self.norm(h[:, -1]))
         self.pos.add_(1)
@@ -192,8 +213,7 @@ class FastDecoder:
                 if not self.compiled:
                     raise
                 logger.warning("compiling the decode step failed (%s: %s); it runs uncompiled", type(err).__name__, err)
-                self._attention_inputs, self._attention_output = attention_inputs, attention_output
-                self.compiled = False
+                self._use_compiled(False)
                 for _ in range(3):
                     self._step()
         torch.cuda.current_stream().wait_stream(stream)
@@ -253,6 +273,8 @@ def _fast_refusal(model: nn.Module, kwargs: dict) -> str | None:
             return f"{name} is not supported by the fused decode step"
     if kwargs.get("use_cache") is False:
         return "use_cache=False"
+    if kwargs.get("position_ids") is not None:
+        return "position_ids are given (the decode step places the token written at slot t at position t)"
     return None
 
 
