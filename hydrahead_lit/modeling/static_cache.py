@@ -227,6 +227,26 @@ class HybridStaticCache(Cache):
             cols.copy_(attention_mask[:, attention_mask.shape[-1] - num_new :].to(torch.bool))
         # a 4-D mask (all-FA students only): FA heads read it as it is; the decode step is not used with it
 
+    @torch.no_grad()
+    def load(self, dynamic: Any, rows: slice | None = None) -> None:
+        """Copy a prefilled `HybridCache` (batch 1, or as many rows as `rows` selects) into `rows` of this
+        fresh cache (all rows by default; every row then holds the same tokens). Its tokens count as real:
+        load a prefill without pads. For a batch prefilled row by row, load every row the same number of
+        tokens."""
+        rows = slice(None) if rows is None else rows
+        n = dynamic.get_seq_length()
+        if any(layer.num_tokens not in (0, n) for layer in self.layers):
+            raise ValueError(f"rows of a static cache must hold the same number of tokens; loading {n}")
+        for src, dst in zip(dynamic.layers, self.layers, strict=True):
+            if dst.keys is not None:
+                dst.keys[rows, :, :n].copy_(src.keys)
+                dst.values[rows, :, :n].copy_(src.values)
+            for name, held in dst.la_state.items():
+                if held is not None:
+                    held[rows].copy_(src.la_state[name])
+            dst.num_tokens = n
+        self.slot_valid[rows, :n] = True
+
     def advance(self, n: int) -> None:
         """Count `n` tokens in every layer (the decode step writes them all at once)."""
         for layer in self.layers:

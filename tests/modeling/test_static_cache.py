@@ -155,3 +155,27 @@ def test_transformers_keeps_the_2d_mask_for_this_cache():
     cache = HybridStaticCache(model, 1, 4)
     assert not cache.is_compileable
     assert cache.get_seq_length() == 0 and cache.get_mask_sizes(5, 0) == (5, 0)
+
+
+def test_a_prefilled_dynamic_cache_loads_into_rows():
+    """Row-by-row prefill (the benchmark's, for long prompts in a batch): each row continues as it would."""
+    model = student("qwen2", LA_CONFIGS[1])
+    ids = random_ids(2, 10, seed=3)
+    key = model._cache_kwarg()
+    static = HybridStaticCache(model, 2, 16)
+    nxt = torch.tensor([[5], [7]])
+    with torch.no_grad():
+        expect = []
+        for r in range(2):
+            dynamic = model.new_cache()
+            model(ids[r : r + 1], use_cache=True, **{key: dynamic})
+            static.load(dynamic, slice(r, r + 1))
+            expect.append(model(nxt[r : r + 1], use_cache=True, **{key: dynamic}).logits[0, -1])
+        assert static.get_seq_length() == 10 and static.slot_valid[:, :10].all()
+        got = model(nxt, use_cache=True, **{key: static}).logits[:, -1]
+    assert (got - torch.stack(expect)).abs().max().item() <= TOL
+    with pytest.raises(ValueError, match="same number of tokens"):
+        shorter = model.new_cache()
+        with torch.no_grad():
+            model(ids[:1, :4], use_cache=True, **{key: shorter})
+        static.load(shorter, slice(0, 1))
