@@ -38,11 +38,19 @@ def student_config_class(base_config: type) -> type:
         base_config.__init__(self, *args, **kwargs)
         self.__dict__["model_type"] = family  # what the family's code looks up; to_dict writes the class's
 
-    return type(
+    def get_config_dict(cls: type, *args: Any, **kwargs: Any) -> tuple[dict, dict]:
+        config_dict, kwargs = super(config_cls, cls).get_config_dict(*args, **kwargs)
+        if config_dict.get("model_type") == family and "hydrahead" in config_dict:
+            config_dict["model_type"] = cls.model_type  # a student exported before it had its own type
+        return config_dict, kwargs
+
+    config_cls = type(
         f"HydraHead{base_config.__name__}",
         (base_config,),
-        {"model_type": student_model_type(family), "__init__": __init__, "__module__": __name__},
-    )
+        {"model_type": student_model_type(family), "__init__": __init__, "__module__": __name__,
+         "get_config_dict": classmethod(get_config_dict)},
+    )  # fmt: skip
+    return config_cls
 
 
 def adopt_student_config(model: Any) -> None:

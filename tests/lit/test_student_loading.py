@@ -68,3 +68,19 @@ def test_plain_transformers_refuses_a_student(tmp_path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "hydrahead_qwen3" in result.stderr
+
+
+def test_a_student_saved_under_the_family_type_still_loads(tmp_path) -> None:
+    """Exports written before students had their own model type (`"model_type": "qwen3"`) load with
+    `hh.load_student` as before; saving them again gives the new type."""
+    teacher = _teacher("qwen3")
+    student = hh.convert(teacher, hh.HeadPlan.from_fa_groups(teacher.config, {0: [1]})).eval()
+    student.save_pretrained(tmp_path / "old")
+    raw = json.loads((tmp_path / "old" / "config.json").read_text())
+    (tmp_path / "old" / "config.json").write_text(json.dumps({**raw, "model_type": "qwen3"}))
+    loaded = hh.load_student(tmp_path / "old").eval()
+    ids = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, student(ids).logits, rtol=0, atol=0)
+    loaded.save_pretrained(tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["model_type"] == "hydrahead_qwen3"
