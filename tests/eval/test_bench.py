@@ -46,3 +46,19 @@ def test_read_bytes_count_weights_once_and_the_context():
     assert copy_bandwidth("cpu", nbytes=2**20, repeats=2) > 0
     with pytest.raises(ValueError, match="unknown decode path"):
         measure_length(teacher, 8, path="graph")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tiny_bench_on_cuda_captures_both_fast_paths(tmp_path):
+    """fp32 on the GPU: the captured (and compiled) teacher and student steps decode the eager greedy tokens."""
+    out = tmp_path / "bench.json"
+    argv = ["--shape", "tiny", "--device", "cuda", "--dtype", "float32", "--cells", "300x1", "200x4",
+            "--decode-tokens", "8", "--repeats", "1", "-o", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert all("error" not in r for r in rows)
+    for r in (r for r in rows if r["path"] == "fast"):
+        assert r["graph"], r["model"]
+        assert r["tokens_equal_eager"] == 8, (r["model"], r["context"], r["batch"])
+        assert 0 < r["bandwidth_limit_fraction"] < 1.5 and r["peak_memory_bytes"] > 0
