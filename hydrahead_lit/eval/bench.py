@@ -102,6 +102,7 @@ def run(shape: str, cells: list[tuple[int, int]], plans: list[str], paths: list[
     from hydrahead_lit.eval.efficiency import copy_bandwidth, measure_length
     from hydrahead_lit.eval.load import _DTYPES
 
+    _allow_recompiles(64)
     teacher = build_teacher(shape, max(n for n, _ in cells) + decode_tokens + 1, _DTYPES[dtype], device)
     bandwidth = copy_bandwidth(device)
     results: dict = {"shape": shape, "dtype": dtype, "device": _device_name(device), "torch": torch.__version__,
@@ -130,6 +131,16 @@ def run(shape: str, cells: list[tuple[int, int]], plans: list[str], paths: list[
                 torch.cuda.empty_cache()
     _agreement(results["rows"])
     return results
+
+
+def _allow_recompiles(limit: int) -> None:
+    """Every (batch, capacity) cell compiles the fast steps for its shapes: let torch.compile keep them all
+    (past its default limit it would run later cells uncompiled)."""
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):  # the newer name, then the older one
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
 
 
 def _agreement(rows: list[dict]) -> None:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from transformers import AttentionInterface, StaticCache
 
 from hydrahead_lit.modeling.decode_step import attention_block, decode_attention
+from hydrahead_lit.modeling.static_cache import SLOT_MULTIPLE
 
 logger = logging.getLogger("hydrahead_lit")
 
@@ -47,6 +48,7 @@ class TeacherGraphDecoder:
     def __init__(self, model: nn.Module, batch: int, capacity: int, compile: bool | None = None) -> None:
         text = model.config.get_text_config()
         param = next(model.parameters())
+        capacity = -(-capacity // SLOT_MULTIPLE) * SLOT_MULTIPLE  # as the student's: equal blocks for P @ V
         self.model, self.batch, self.capacity, self.device = model, batch, capacity, param.device
         self.cache = StaticCache(config=model.config, max_cache_len=capacity)
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads

@@ -84,10 +84,10 @@ class LayerDims:
 
     @property
     def splits(self) -> list[int]:
-        """Widths of the fused projection's pieces, in order: FA q, k, v; LA q|k|v, a, b[, gate]."""
+        """Widths of the fused projection's pieces, in order: FA q|k, v; LA q|k|v, a, b[, gate]."""
         D, out = self.head_dim, []
-        if self.num_fa_heads:
-            out += [self.num_fa_heads * D, self.num_fa_kv * D, self.num_fa_kv * D]
+        if self.num_fa_heads:  # q and k as one piece: they are normed and rotated together
+            out += [(self.num_fa_heads + self.num_fa_kv) * D, self.num_fa_kv * D]
         if self.num_la_heads:
             out += [3 * self.num_la_heads * D, self.num_la_heads, self.num_la_heads]
             out += [self.num_la_heads * D] if self.output_gate else []
@@ -163,34 +163,44 @@ def attention_inputs(
     h: Tensor, w: LayerTensors, d: LayerDims, cos: Tensor, sin: Tensor
 ) -> tuple[tuple[Tensor, Tensor, Tensor] | None, tuple[Tensor, ...] | None, Tensor | None]:
     """Everything of one layer before attention: the FA heads' q, k, v `[B, 1, H, D]` (normed, rotated), the
-    LA rule inputs (q, k, v, g, beta; the conv state advanced in place) and the output gate's logits."""
+    LA rule inputs (q, k, v, g, beta; the conv state advanced in place) and the output gate's logits. The
+    rows of q and k go through their norms, RoPE and L2 norm together (the same arithmetic per row as the
+    modules', fewer kernels)."""
     B, D = h.shape[0], d.head_dim
     x = rms_norm(h, w.input_norm, d.norm_eps)
     pieces = list(F.linear(x, w.proj_weight, w.proj_bias).split(d.splits, dim=-1))
     fa = la = gate = None
     if d.num_fa_heads:
-        q, k, v = (t.reshape(B, 1, -1, D) for t in pieces[:3])
-        pieces = pieces[3:]
+        nq = d.num_fa_heads
+        qk, v = pieces[0].view(B, 1, -1, D), pieces[1].view(B, 1, -1, D)
+        pieces = pieces[2:]
         if w.fa_q_norm is not None:
-            q, k = rms_norm(q, w.fa_q_norm, d.qk_norm_eps), rms_norm(k, w.fa_k_norm, d.qk_norm_eps)
-        fa = (apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
+            qk = rms_norm(qk, _per_head(w.fa_q_norm, w.fa_k_norm, nq, qk.shape[2] - nq), d.qk_norm_eps)
+        qk = apply_rope(qk, cos, sin)
+        fa = (qk[:, :, :nq], qk[:, :, nq:], v)
     if d.num_la_heads:
+        H = d.num_la_heads
         qkv, a, b = pieces[:3]
         gate = pieces[3] if d.output_gate else None
         if w.conv_weight is not None:  # one step of the causal depthwise conv, its window shifted in place
             window = torch.cat([w.conv_state, qkv.transpose(1, 2)], dim=-1)  # [B, C, W]
             w.conv_state.copy_(window[:, :, 1:])
             qkv = (window * w.conv_weight.to(qkv.dtype)).sum(-1)[:, None]
-        q, k, v = qkv.view(B, 1, 3, d.num_la_heads, D).unbind(2)
+        qkv = qkv.view(B, 1, 3 * H, D)
+        qk, v = qkv[:, :, : 2 * H], qkv[:, :, 2 * H :]
         if w.la_q_norm is not None:
-            q, k = rms_norm(q, w.la_q_norm, d.qk_norm_eps), rms_norm(k, w.la_k_norm, d.qk_norm_eps)
+            qk = rms_norm(qk, _per_head(w.la_q_norm, w.la_k_norm, H, H), d.qk_norm_eps)
         if d.use_rope_la:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        q = F.normalize(q.float(), dim=-1).to(v.dtype)
-        k = F.normalize(k.float(), dim=-1).to(v.dtype)
+            qk = apply_rope(qk, cos, sin)
+        qk = F.normalize(qk.float(), dim=-1).to(v.dtype)
         g = -w.A_log.float().exp() * F.softplus(a.float() + w.dt_bias.float())
-        la = (q, k, v, g, torch.sigmoid(b.float()))
+        la = (qk[:, :, :H], qk[:, :, H:], v, g, torch.sigmoid(b.float()))
     return fa, la, gate
+
+
+def _per_head(q_weight: Tensor, k_weight: Tensor, nq: int, nk: int) -> Tensor:
+    """The q and k norms' weights as one per-head weight `[nq + nk, D]`, for the rows of q and k normed together."""
+    return torch.cat([q_weight.expand(nq, -1), k_weight.expand(nk, -1)])
 
 
 def write_kv(w: LayerTensors, k: Tensor, v: Tensor, pos: Tensor) -> None:

@@ -313,7 +313,13 @@ def fast_generation_cache(model: nn.Module, args: tuple, kwargs: dict, fast: boo
     prompt = _prompt(args, kwargs)
     batch, length = prompt.shape[0], _generation_length(model, prompt.shape[1], kwargs)
     cache = HybridStaticCache(model, batch, length)
-    cache.decoder = FastDecoder(model, cache)
+    try:
+        cache.decoder = FastDecoder(model, cache)
+    except Exception as err:  # a model the step does not cover, or a failed capture: the eager path still runs
+        if fast:
+            raise
+        logger.warning("generate: eager path (no fast decode step: %s: %s)", type(err).__name__, err)
+        return None
     mode = "CUDA graph" if cache.decoder.graph is not None else "no graph"
     logger.info("generate: fast path (static cache %d x %d slots, %s)", batch, cache.capacity, mode)
     return cache
