@@ -295,6 +295,14 @@ def _generation_length(model: nn.Module, prompt_len: int, kwargs: dict) -> int:
     return max(total, prompt_len + 1)
 
 
+def _coarse_length(n: int) -> int:
+    """`n` rounded up to one of 8 lengths per octave (at most 12.5% more from 1024 on; a multiple of 128 below):
+    generate() calls of nearby lengths share a static cache shape, hence the compiled step (torch.compile
+    specialises on shapes)."""
+    step = max(128, (1 << (max(n - 1, 1).bit_length() - 1)) // 8)
+    return -(-n // step) * step
+
+
 def fast_generation_cache(model: nn.Module, args: tuple, kwargs: dict, fast: bool | None) -> HybridStaticCache | None:
     """The static cache with an attached `FastDecoder` for `model.generate(*args, **kwargs)`, or None for the
     eager path. `fast=None` takes the fast path on CUDA when the request allows it; `fast=True` insists (an
@@ -312,7 +320,7 @@ def fast_generation_cache(model: nn.Module, args: tuple, kwargs: dict, fast: boo
         return None
     prompt = _prompt(args, kwargs)
     batch, length = prompt.shape[0], _generation_length(model, prompt.shape[1], kwargs)
-    cache = HybridStaticCache(model, batch, length)
+    cache = HybridStaticCache(model, batch, _coarse_length(length))
     try:
         cache.decoder = FastDecoder(model, cache)
     except Exception as err:  # a model the step does not cover, or a failed capture: the eager path still runs

@@ -150,6 +150,16 @@ def test_cpu_generate_defaults_to_the_eager_path(monkeypatch):
     model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=PAD_ID)
 
 
+def test_generate_sizes_its_static_cache_for_prompt_and_new_tokens():
+    model = student("qwen3", hh.LAConfig())
+    ids = torch.ones(2, 1500, dtype=torch.long)
+    cache = fast_decode.fast_generation_cache(model, (ids,), {"max_new_tokens": 100}, fast=True)
+    assert cache.batch_size == 2 and 1600 <= cache.capacity <= 1.125 * 1600 and cache.decoder.graph is None
+    lengths = [fast_decode._coarse_length(n) for n in range(1024, 70000, 37)]
+    assert all(1 <= c / n <= 1.125 for c, n in zip(lengths, range(1024, 70000, 37)))
+    assert len(set(lengths)) < 60  # few shapes, so few compilations
+
+
 def test_requests_the_fast_path_cannot_serve_are_refused_clearly():
     model = student("qwen3", hh.LAConfig())
     ids, mask = left_padded()
