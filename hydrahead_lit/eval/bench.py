@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -122,6 +123,9 @@ def run(shape: str, cells: list[tuple[int, int]], plans: list[str], paths: list[
                     results["rows"].append({**row, **fig})
                 except torch.OutOfMemoryError:  # record it and go on with the other cells
                     results["rows"].append({**row, "error": "out of memory"})
+                except Exception as err:  # a failed capture or compilation: recorded, the other cells still run
+                    traceback.print_exc(file=sys.stderr)
+                    results["rows"].append({**row, "error": f"{type(err).__name__}: {err}"[:200]})
                 if device.startswith("cuda"):
                     torch.cuda.empty_cache()
                 print(f"measured {name} {path} {length}x{batch}", file=sys.stderr, flush=True)
@@ -181,7 +185,7 @@ def table(results: dict) -> str:
     for r in results["rows"]:
         head = f"| {r['model']} | {_path_name(r)} | {r['context']} | {r['batch']} |"
         if "error" in r:
-            lines.append(f"{head} {r['error']} | | | | | | |")
+            lines.append(f"{head} {r['error'].replace('|', '/')} | | | | | | |")
             continue
         pct = r.get("bandwidth_limit_fraction")
         pct = "" if pct is None else f"{100 * pct:.1f}"
