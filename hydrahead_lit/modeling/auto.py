@@ -6,7 +6,8 @@ Auto classes refuse the directory (an unknown model type) instead of building th
 architecture with the hybrid attention silently dropped. `import hydrahead_lit` registers, for every
 supported family, the config class (`HydraHead<Family>Config`: the family's config under that model
 type) with `AutoConfig` and the student class (`HydraHead<Family>ForCausalLM`, the class
-`hh.load_student` builds) with `AutoModelForCausalLM`, so both ways load the same model.
+`hh.load_student` builds; the family's modeling code is imported on first use) with
+`AutoModelForCausalLM`, so both ways load the same model.
 
 Inside a student the config still answers `config.model_type` with the family's own name (an instance
 attribute), because `transformers` and the hybrid attention use it to find the family's code; only the
@@ -61,21 +62,44 @@ def adopt_student_config(model: Any) -> None:
         model.config.__dict__["model_type"] = cls.__mro__[1].model_type
 
 
+def _deferred_model_class(causal_lm_name: str, config_cls: type, student_class: Callable[[type], type]) -> type:
+    """Stands for `HydraHead<Family>ForCausalLM` in `AutoModelForCausalLM`'s mapping: the family's
+    modeling code (which imports Triton) is imported on first use, not when `hydrahead_lit` is."""
+
+    def real() -> type:
+        import transformers
+
+        return student_class(getattr(transformers, causal_lm_name))
+
+    class Deferred:
+        config_class = config_cls
+
+        @classmethod
+        def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+            return real().from_pretrained(*args, **kwargs)
+
+        @classmethod
+        def _from_config(cls, config: Any, **kwargs: Any) -> Any:
+            return real()._from_config(config, **kwargs)
+
+    Deferred.__name__ = Deferred.__qualname__ = f"HydraHead{causal_lm_name}"
+    return Deferred
+
+
 def register_auto_classes(student_class: Callable[[type], type]) -> None:
-    """Register every supported family's student config and model (`student_class(<family's causal LM
-    class>)`, whose `config_class` is the family's student config) with `AutoConfig` and
-    `AutoModelForCausalLM` (idempotent). The package's `__init__` calls it on import."""
-    import transformers
+    """Register every supported family's student config with `AutoConfig` and its student model
+    (`student_class(<family's causal LM class>)`, built on first use) with `AutoModelForCausalLM`
+    (idempotent). The package's `__init__` calls it on import."""
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     from hydrahead_lit.modeling.arch import SUPPORTED_MODEL_TYPES
 
     for family in SUPPORTED_MODEL_TYPES:
-        base = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(family, ""), None)
-        if base is None:  # an older transformers without this family
+        name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(family)
+        if name is None or family not in CONFIG_MAPPING:  # an older transformers without this family
             continue
-        model_cls = student_class(base)
-        config_cls = model_cls.config_class
+        config_cls = student_config_class(CONFIG_MAPPING[family])
         AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
-        AutoModelForCausalLM.register(config_cls, model_cls, exist_ok=True)
+        AutoModelForCausalLM.register(config_cls, _deferred_model_class(name, config_cls, student_class), exist_ok=True)
