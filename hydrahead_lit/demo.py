@@ -196,6 +196,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (out / "summary.md").write_text(summary + "\n")
     result = {"models": rows, "stages": stages, "train_seconds": train_s, "total_seconds": total_s}
     (out / "summary.json").write_text(json.dumps(copy.deepcopy(result), indent=2) + "\n")
+    print(
+        f"\nwritten: {out / 'summary.md'} (this table), {out / 'summary.json'}; students under "
+        f"{out}/<plan>/stage3/student; logs under {out / 'logs'}; TensorBoard: tensorboard --logdir {out}"
+    )
     return result
 
 
