@@ -153,6 +153,10 @@ def main() -> None:
             raise SystemExit(f"stage 1 with backend {backend} failed (exit {rc}); log tail:\n{tail}")
         results[backend] = {**_summary(run), "seconds": secs}
         print(backend, json.dumps(results[backend]), flush=True)
+        (run / "result.json").write_text(json.dumps(results[backend], indent=1) + "\n")
+    if len(args.backends) < 2:  # one backend (runs in parallel, each with its own --out): its result alone
+        print(f"one backend run; its result is in {args.out / args.backends[0] / 'result.json'}")
+        return
     a, b = args.backends[:2]
     ra, rb = results[a], results[b]
     rel = {k: abs(ra[k] - rb[k]) / abs(rb[k]) for k in ("train_align_loss", "val_align_loss")}
