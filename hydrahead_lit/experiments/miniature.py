@@ -218,7 +218,7 @@ class Miniature:
     # ----- the run ------------------------------------------------------------------------------------
     def _timed(self, phase: str, jobs: list[Job], parallel: int = 1) -> None:
         start = time.perf_counter()
-        print(f"[{phase}] {len(jobs)} job(s), {min(parallel, len(jobs))} at a time", flush=True)
+        print(f"[seed {self.args.seed}: {phase}] {len(jobs)} job(s), {min(parallel, len(jobs))} at a time", flush=True)
         run_jobs(jobs, parallel)
         self.timings[phase] = time.perf_counter() - start
 
@@ -339,6 +339,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     seeds.add_argument("--seed", type=int, default=0, help="training seed of this invocation")
     seeds.add_argument("--seeds", type=int, nargs="+", default=None,
                        help="several seeds one after another, then one report of them all in <out>/report")  # fmt: skip
+    p.add_argument("--parallel-seeds", action="store_true",
+                   help="with --seeds: run the seeds at the same time (after the shared corpus and teacher "
+                        "evaluation); on one GPU the small jobs of several seeds share it")  # fmt: skip
     p.add_argument("--teacher", type=Path, default=None,
                    help="teacher: a model directory or a .gguf file (default: experiment.yaml's)")  # fmt: skip
     p.add_argument("--corpus", choices=("demo", "python"), default=None, help="corpus (default: experiment.yaml's)")
@@ -366,16 +369,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _parallel_seeds(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
+    """Every seed of `args.seeds` at once, one thread each (their jobs are subprocesses). The shared corpus and
+    teacher evaluation are made first, once; every seed is checked for an earlier run before any starts. A seed
+    that fails is raised after the others have finished (their runs are kept)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs = {seed: Miniature(argparse.Namespace(**{**vars(args), "seed": seed})) for seed in args.seeds}
+    for m in runs.values():
+        m.check_shared()
+        if m.seed_dir.exists() and not args.overwrite:
+            raise SystemExit(f"{m.seed_dir} holds an earlier run of seed {m.args.seed}; pass --overwrite to replace "
+                             "it, or choose another --out or --seeds")  # fmt: skip
+    runs[args.seeds[0]].prepare_shared()
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        futures = {seed: pool.submit(m.run) for seed, m in runs.items()}
+    return {seed: f.result() for seed, f in futures.items()}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.parallel_seeds and args.seeds is None:
+        raise SystemExit("--parallel-seeds goes with --seeds (several seeds)")
     if args.seeds is None:
         return Miniature(args).run()
     from hydrahead_lit.eval.compare import compare
 
-    summaries = {}
-    for seed in args.seeds:
-        args.seed = seed
-        summaries[seed] = Miniature(args).run()
+    if args.parallel_seeds:
+        summaries = _parallel_seeds(args)
+    else:
+        summaries = {}
+        for seed in args.seeds:
+            summaries[seed] = Miniature(argparse.Namespace(**{**vars(args), "seed": seed})).run()
     out = args.out.resolve()
     runs = [out / "shared" / "eval" / "teacher", *(out / f"seed{s}" / "eval" for s in args.seeds)]
     paths = compare(runs, out / "report")

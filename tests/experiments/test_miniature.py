@@ -266,3 +266,33 @@ def test_refuses_a_length_the_teacher_cannot_evaluate(tmp_path) -> None:
     with pytest.raises(SystemExit, match=r"4 x --seq-len = 2048 .* max_position_embeddings \(1024\)"):
         make(tmp_path, "--seq-len", "512").check_shared()
     assert not (tmp_path / "out" / "shared" / "settings.json").exists()
+
+
+# ----- seeds at the same time ---------------------------------------------------------------------------------
+def test_parallel_seeds_needs_several_seeds(tmp_path) -> None:
+    with pytest.raises(SystemExit, match="--parallel-seeds goes with --seeds"):
+        main(["--out", str(tmp_path / "out"), "--parallel-seeds"])
+
+
+def test_parallel_seeds_refuse_an_earlier_seed_before_anything_runs(tmp_path, monkeypatch) -> None:
+    (tmp_path / "out" / "seed1" / "stage1").mkdir(parents=True)
+    monkeypatch.setattr(Miniature, "prepare_shared", lambda self: pytest.fail("prepared before the refusal"))
+    with pytest.raises(SystemExit, match="seed1 holds an earlier run"):
+        main(["--out", str(tmp_path / "out"), "--seeds", "0", "1", "--parallel-seeds"])
+    assert (tmp_path / "out" / "seed1" / "stage1").is_dir()
+
+
+def test_parallel_seeds_share_one_preparation_and_run_at_once(tmp_path, monkeypatch) -> None:
+    import threading
+
+    prepared, together = [], threading.Barrier(3, timeout=10)  # fails unless the three seeds run concurrently
+
+    def run(self) -> dict:
+        together.wait()
+        return {"seed": self.args.seed}
+
+    monkeypatch.setattr(Miniature, "prepare_shared", lambda self: prepared.append(self.args.seed))
+    monkeypatch.setattr(Miniature, "run", run)
+    args = parse_args(["--out", str(tmp_path / "out"), "--seeds", "0", "1", "2", "--parallel-seeds"])
+    assert miniature._parallel_seeds(args) == {s: {"seed": s} for s in (0, 1, 2)}
+    assert prepared == [0]
