@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hydrahead_lit.modeling.fused_inputs import concat_linear, fa_qk_rows
 from hydrahead_lit.modeling.fusion import ScaleNormFusion
-from hydrahead_lit.modeling.linear_heads import GatedDeltaNetHeads, HeadRMSNorm, LAConfig, apply_rope
+from hydrahead_lit.modeling.linear_heads import GatedDeltaNetHeads, HeadRMSNorm, LAConfig
 from hydrahead_lit.modeling.probe import AttentionProbe
 from hydrahead_lit.ops.hybrid_attention import hybrid_attention
 from hydrahead_lit.ops.hybrid_attention import triton_available as hybrid_triton_available
@@ -108,20 +109,52 @@ class HybridAttention(nn.Module):
         causal = torch.arange(k.shape[2], device=q.device)[None, :] > (rows[:, None] + offset)
         return scores.masked_fill(causal, float("-inf")).softmax(-1)
 
-    def _fa_qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """FA queries, keys (normed as the teacher does, rotated) and values, [B, T, heads, D]."""
-        B, T, _ = x.shape
+    def _fa_splits(self) -> list[int]:
+        """Widths of the FA pieces of the input projection: q|k (normed and rotated as one tensor), v."""
         D = self.head_dim
-        q = self.q_proj(x).view(B, T, -1, D)
-        k = self.k_proj(x).view(B, T, -1, D)
-        v = self.v_proj(x).view(B, T, -1, D)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        return [(self.num_fa_heads + self.num_fa_kv) * D, self.num_fa_kv * D]
+
+    def _project(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """The layer's whole input projection as ONE GEMM: FA q/k/v and the LA heads' q/k/v, decay, beta
+        (and output gate) weights concatenated (`concat_linear`), split once into views. Returns the FA pieces
+        (q|k, v; none without FA heads) and the LA pieces (`GatedDeltaNetHeads.input_splits`; none without LA
+        heads). Instead of 6 to 9 GEMMs (decay and beta only one output per head wide): one launch, one wide GEMM, and
+        in the backward one input-gradient GEMM instead of 6 to 9 and their sum."""
+        linears, splits = [], []
+        if self.num_fa_heads:
+            linears += [self.q_proj, self.k_proj, self.v_proj]
+            splits += self._fa_splits()
+        if self.la is not None:
+            linears += self.la.input_linears
+            splits += self.la.input_splits()
+        pieces = list(concat_linear(x, linears).split(splits, dim=-1))
+        n_fa = 2 if self.num_fa_heads else 0
+        return pieces[:n_fa], pieces[n_fa:]
+
+    def _fa_pieces(self, x: Tensor) -> list[Tensor]:
+        """The FA pieces alone (twin mode, where the LA twins project a detached input of their own)."""
+        return list(concat_linear(x, [self.q_proj, self.k_proj, self.v_proj]).split(self._fa_splits(), dim=-1))
+
+    def _fa_qkv(self, pieces: list[Tensor], cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """FA queries, keys (normed as the teacher does, rotated) and values, [B, T, heads, D] (views)."""
+        qk, v = pieces
+        B, T, _ = qk.shape
+        D = self.head_dim
+        qk = fa_qk_rows(
+            qk.view(B, T, -1, D),
+            self.num_fa_heads,
+            self.q_norm.weight if self.q_norm is not None else None,
+            self.k_norm.weight if self.k_norm is not None else None,
+            self.q_norm.eps if self.q_norm is not None else 0.0,
+            cos,
+            sin,
+        )
+        q, k = qk.split([self.num_fa_heads, self.num_fa_kv], dim=2)
+        return q, k, v.view(B, T, -1, D)
 
     def _fa_forward(
         self,
-        x: Tensor,
+        pieces: list[Tensor],
         cos: Tensor,
         sin: Tensor,
         attention_mask: Tensor | None,
@@ -129,7 +162,7 @@ class HybridAttention(nn.Module):
         probe: AttentionProbe | None,
         **kwargs: Any,
     ) -> Tensor:
-        q, k, v = self._fa_qkv(x, cos, sin)
+        q, k, v = self._fa_qkv(pieces, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache_layer is not None:
             k, v = cache_layer.update(k, v)
@@ -174,13 +207,14 @@ class HybridAttention(nn.Module):
     def _fused_forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         B, T, _ = x.shape
         D = self.head_dim
+        fa_pieces, la_pieces = self._project(x)
         if self.num_fa_heads:
-            q_fa, k_fa, v_fa = self._fa_qkv(x, cos, sin)
+            q_fa, k_fa, v_fa = self._fa_qkv(fa_pieces, cos, sin)
             fa_gain = self.fusion.fa_gain
         else:
             q_fa = k_fa = v_fa = x.new_empty(B, T, 0, D)
             fa_gain = x.new_empty(0)
-        q, k, v, g, beta = self.la.rule_inputs(x, cos, sin)
+        q, k, v, g, beta, _ = self.la.prepare(la_pieces, cos, sin)  # no output gate on this path
         return hybrid_attention(
             q_fa, k_fa, v_fa, q, k, v, g, beta, fa_gain, self.fusion.la_gain,
             eps=self.fusion.eps, fa_scale=self.scaling, backend="triton" if x.is_cuda else "torch",
@@ -227,14 +261,16 @@ class HybridAttention(nn.Module):
         if self._fused_path_applies(hidden_states, attention_mask, cache_layer, token_valid, probe):
             return self.o_proj(self._fused_forward(hidden_states, cos, sin).reshape(B, T, -1)), None
         parts = []
+        fa_pieces, la_pieces = self._project(hidden_states)
         if self.num_fa_heads:
-            fa = self._fa_forward(hidden_states, cos, sin, attention_mask, cache_layer, probe, **kwargs)
+            fa = self._fa_forward(fa_pieces, cos, sin, attention_mask, cache_layer, probe, **kwargs)
             parts.append(self.fusion.fa(fa))
         elif cache_layer is not None:
             cache_layer.advance(T)
         if self.num_la_heads:
             state = cache_layer.la_state if cache_layer is not None else None
-            parts.append(self.fusion.la(self.la(hidden_states, cos, sin, state, valid=token_valid)))
+            la = self.la(hidden_states, cos, sin, state, valid=token_valid, pieces=la_pieces)
+            parts.append(self.fusion.la(la))
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
         return self.o_proj(out.reshape(B, T, -1)), None
 
@@ -252,9 +288,10 @@ class HybridAttention(nn.Module):
         the alignment pair or patches this layer. Whether they run depends on the probe's requests alone, so
         a recompute under activation checkpointing repeats exactly the forward's operations."""
         B, T, _ = x.shape
-        fa = self._fa_forward(x, cos, sin, attention_mask, None, probe, **kwargs)
+        fa = self._fa_forward(self._fa_pieces(x), cos, sin, attention_mask, None, probe, **kwargs)
         if probe is None or not probe.needs_twins(self.layer_idx):
             return self.o_proj(fa.reshape(B, T, -1))
+        # The twins' own projection (one GEMM of their q/k/v/decay/beta/gate): their input is detached.
         la = self.fusion.la(self.la(x.detach(), cos, sin, valid=token_valid))
         if probe.alignment:
             probe.record_alignment(self.layer_idx, fa.detach(), la)

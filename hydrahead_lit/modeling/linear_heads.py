@@ -15,19 +15,26 @@ state and gates). New parameters and their initial values:
 - optional sigmoid output gate `g_proj` (zero weight, bias +4 so the gate starts near 1).
 q and k are L2-normalised after the teacher's q/k norms and RoPE (when `use_rope`), which keeps the
 delta-rule transition contractive; the fusion module restores the teacher's output scale.
+
+The projections run as one GEMM over their concatenated weights (`fused_inputs.concat_linear`; the layer
+adds its FA heads' q/k/v to it), and the rows of q and k are prepared as one tensor (`la_qk_rows`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hydrahead_lit.modeling.fused_inputs import apply_rope, concat_linear, la_qk_rows, rms_norm, stats_dtype
 from hydrahead_lit.ops.la_backend import gated_delta_rule
 from hydrahead_lit.ops.short_conv import causal_short_conv
+
+__all__ = ["GatedDeltaNetHeads", "HeadRMSNorm", "LAConfig", "apply_rope"]
 
 
 @dataclass
@@ -71,21 +78,7 @@ class HeadRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x [B, T, H, D]; cos/sin [B, T, D] as the teacher's rotary embedding returns them."""
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-    return x * cos + _rotate_half(x) * sin
+        return rms_norm(x, self.weight, self.eps)
 
 
 class GatedDeltaNetHeads(nn.Module):
@@ -135,6 +128,25 @@ class GatedDeltaNetHeads(nn.Module):
             self.g_proj.weight.zero_()
             self.g_proj.bias.fill_(4.0)
 
+    @property
+    def input_linears(self) -> list[nn.Linear]:
+        """The projections of the layer input, in the order of `input_splits`: q, k, v, a, b[, g]."""
+        return [self.q_proj, self.k_proj, self.v_proj, self.a_proj, self.b_proj] + (
+            [self.g_proj] if self.g_proj is not None else []
+        )
+
+    def input_splits(self) -> list[int]:
+        """Widths of this module's pieces of the fused input projection, in order: q|k and v (q|k|v as one
+        piece when the short conv mixes them over time), the decay logits a, the beta logits b[, the output
+        gate's logits]. A caller fusing more linears splits the whole projection once (one backward cat)."""
+        W, H = self.num_heads * self.head_dim, self.num_heads
+        qkv = [3 * W] if self.conv is not None else [2 * W, W]
+        return qkv + [H, H] + ([W] if self.g_proj is not None else [])
+
+    def project(self, x: Tensor) -> list[Tensor]:
+        """x [B, T, hidden] -> the pieces of `input_splits` (views of one `concat_linear` output)."""
+        return list(concat_linear(x, self.input_linears).split(self.input_splits(), dim=-1))
+
     def rule_inputs(
         self,
         x: Tensor,
@@ -143,37 +155,63 @@ class GatedDeltaNetHeads(nn.Module):
         state: dict | None = None,
         valid: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """q, k (L2-normalised), v [B, T, H, D] and g, beta [B, T, H] of the gated delta rule; updates the
-        conv state in `state` when given.
+        """q, k (L2-normalised), v [B, T, H, D] and g, beta [B, T, H] of the gated delta rule from the layer
+        input (see `prepare`)."""
+        return self.prepare(self.project(x), cos, sin, state, valid)[:5]
+
+    def prepare(
+        self,
+        pieces: Sequence[Tensor],
+        cos: Tensor | None,
+        sin: Tensor | None,
+        state: dict | None = None,
+        valid: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """q, k (L2-normalised), v [B, T, H, D], g, beta [B, T, H] and the output gate's logits [B, T, H*D]
+        (None without gate) from this module's projection `pieces` (see `input_splits`); updates the conv
+        state in `state` when given.
 
         `valid` [B, T] (bool) marks real tokens. A pad writes nothing: the conv skips it, and there
         g = 0 (no decay), beta = 0 (no write) and k = v = 0, so the delta-rule step is the identity on the
         state whatever the projections' biases would write (exact in every backend: a zero write adds 0).
         """
-        B, T, _ = x.shape
         H, D = self.num_heads, self.head_dim
-        qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
         if self.conv is not None:
+            qkv, a, b, *gate = pieces
+            B, T, _ = qkv.shape
             prev = None if state is None else state.get("conv")
             qkv, conv_state = causal_short_conv(
                 qkv, self.conv.to(qkv.dtype), prev, output_final_state=state is not None, valid=valid
             )
             if state is not None:
                 state["conv"] = conv_state
-        q, k, v = qkv.view(B, T, 3, H, D).unbind(2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.cfg.use_rope and cos is not None:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        q = F.normalize(q.float(), dim=-1).to(v.dtype)
-        k = F.normalize(k.float(), dim=-1).to(v.dtype)
-        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())
-        beta = torch.sigmoid(self.b_proj(x).float())
+            # conv1d's output is [B, C, T]-ordered; one copy back to [B, T, C] rows gives the later ops and the
+            # kernels unit-stride rows (the Triton gated delta rule needs a unit last stride for q, k and v).
+            qk, v = qkv.contiguous().split([2 * H * D, H * D], dim=-1)
+        else:
+            qk, v, a, b, *gate = pieces
+            B, T, _ = qk.shape
+        # The rows of q and k as one tensor: the norm's weight, RoPE and the L2 norm run once for both.
+        use_rope = self.cfg.use_rope and cos is not None
+        qk = la_qk_rows(
+            qk.view(B, T, 2 * H, D),
+            self.q_norm.weight if self.q_norm is not None else None,
+            self.k_norm.weight if self.k_norm is not None else None,
+            cos if use_rope else None,
+            sin if use_rope else None,
+        )
+        q, k = qk.split([H, H], dim=2)
+        v = v.view(B, T, H, D)  # a view of the projection: strided rows, unit last stride
+        # Decay and beta in float32 (float64 for a float64 model): g is summed over a chunk in the kernels,
+        # where bf16 would lose the small decays; both are H numbers per token, so the casts cost launches only.
+        acc = stats_dtype(a.dtype)
+        g = -self.A_log.to(acc).exp() * F.softplus(a.to(acc) + self.dt_bias.to(acc))
+        beta = torch.sigmoid(b.to(acc))
         if valid is not None:
             pad = ~valid.to(torch.bool)
             g, beta = g.masked_fill(pad[:, :, None], 0.0), beta.masked_fill(pad[:, :, None], 0.0)
             k, v = k.masked_fill(pad[:, :, None, None], 0.0), v.masked_fill(pad[:, :, None, None], 0.0)
-        return q, k, v, g, beta
+        return q, k, v, g, beta, (gate[0] if gate else None)
 
     def forward(
         self,
@@ -182,17 +220,19 @@ class GatedDeltaNetHeads(nn.Module):
         sin: Tensor | None,
         state: dict | None = None,
         valid: Tensor | None = None,
+        pieces: Sequence[Tensor] | None = None,
     ) -> Tensor:
         """Run the heads; `state` (a dict with 'recurrent' and 'conv' entries) is read and updated; pad
-        positions (`valid` False) leave it untouched (see `rule_inputs`)."""
+        positions (`valid` False) leave it untouched (see `prepare`). `pieces`: this module's part of a
+        projection of `x` the caller already made (see `input_splits`), else it projects `x` itself."""
         B, T, _ = x.shape
-        q, k, v, g, beta = self.rule_inputs(x, cos, sin, state, valid)
+        q, k, v, g, beta, gate = self.prepare(self.project(x) if pieces is None else pieces, cos, sin, state, valid)
         initial = None if state is None else state.get("recurrent")
         o, final = gated_delta_rule(
             q, k, v, g, beta, initial_state=initial, output_final_state=state is not None, backend=self.cfg.backend
         )
         if state is not None:
             state["recurrent"] = final
-        if self.g_proj is not None:
-            o = o * torch.sigmoid(self.g_proj(x)).view(B, T, self.num_heads, self.head_dim).to(o.dtype)
+        if gate is not None:
+            o = o * torch.sigmoid(gate).view(B, T, self.num_heads, self.head_dim).to(o.dtype)
         return o
