@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hydrahead_lit.modeling.linear_heads import apply_rope
+from hydrahead_lit.modeling.fused_inputs import fa_qk_rows, la_qk_rows, rms_norm, stats_dtype
 
 
 class FusedLinear:
@@ -117,14 +117,6 @@ class LayerTensors(NamedTuple):
     post_norm: Tensor
 
 
-def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """The RMSNorm of Llama, Qwen2, Qwen3 and Mistral (and `HeadRMSNorm`): float32 statistics, weight in x's dtype."""
-    dtype = x.dtype
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(dtype)
-
-
 def attention_block(num_slots: int, max_blocks: int = 512) -> int:
     """Block size for splitting `num_slots` FA slots in P @ V: the smallest divisor of `num_slots` that is a
     multiple of 128 and leaves at most `max_blocks` blocks; all slots in one block up to 4096 slots."""
@@ -174,9 +166,7 @@ def attention_inputs(
         nq = d.num_fa_heads
         qk, v = pieces[0].view(B, 1, -1, D), pieces[1].view(B, 1, -1, D)
         pieces = pieces[2:]
-        if w.fa_q_norm is not None:
-            qk = rms_norm(qk, _per_head(w.fa_q_norm, w.fa_k_norm, nq, qk.shape[2] - nq), d.qk_norm_eps)
-        qk = apply_rope(qk, cos, sin)
+        qk = fa_qk_rows(qk, nq, w.fa_q_norm, w.fa_k_norm, d.qk_norm_eps, cos, sin)
         fa = (qk[:, :, :nq], qk[:, :, nq:], v)
     if d.num_la_heads:
         H = d.num_la_heads
@@ -188,19 +178,11 @@ def attention_inputs(
             qkv = (window * w.conv_weight.to(qkv.dtype)).sum(-1)[:, None]
         qkv = qkv.view(B, 1, 3 * H, D)
         qk, v = qkv[:, :, : 2 * H], qkv[:, :, 2 * H :]
-        if w.la_q_norm is not None:
-            qk = rms_norm(qk, _per_head(w.la_q_norm, w.la_k_norm, H, H), d.qk_norm_eps)
-        if d.use_rope_la:
-            qk = apply_rope(qk, cos, sin)
-        qk = F.normalize(qk.float(), dim=-1).to(v.dtype)
-        g = -w.A_log.float().exp() * F.softplus(a.float() + w.dt_bias.float())
-        la = (qk[:, :, :H], qk[:, :, H:], v, g, torch.sigmoid(b.float()))
+        qk = la_qk_rows(qk, w.la_q_norm, w.la_k_norm, cos if d.use_rope_la else None, sin if d.use_rope_la else None)
+        acc = stats_dtype(a.dtype)
+        g = -w.A_log.to(acc).exp() * F.softplus(a.to(acc) + w.dt_bias.to(acc))
+        la = (qk[:, :, :H], qk[:, :, H:], v, g, torch.sigmoid(b.to(acc)))
     return fa, la, gate
-
-
-def _per_head(q_weight: Tensor, k_weight: Tensor, nq: int, nk: int) -> Tensor:
-    """The q and k norms' weights as one per-head weight `[nq + nk, D]`, for the rows of q and k normed together."""
-    return torch.cat([q_weight.expand(nq, -1), k_weight.expand(nk, -1)])
 
 
 def write_kv(w: LayerTensors, k: Tensor, v: Tensor, pos: Tensor) -> None:
