@@ -29,14 +29,18 @@ SKIP_DIRS = {"__pycache__", ".git", "node_modules"}
 
 
 def _roots(exclude: Path | None) -> list[Path]:
-    """The standard library and every directory on sys.path (site-packages, PYTHONPATH targets)."""
+    """The standard library and every directory on sys.path (site-packages, PYTHONPATH targets), except the
+    working directory and `exclude` with everything below it but the Python environment."""
     paths = sysconfig.get_paths()
     candidates = [paths["stdlib"], paths["purelib"], paths["platlib"], *sys.path]
     roots: list[Path] = []
+    skip = exclude.resolve() if exclude is not None else None
+    env = Path(sys.prefix).resolve()  # a virtual environment inside the excluded tree still counts
     for c in candidates:
         p = Path(c or ".").resolve()
-        if not p.is_dir() or p == Path.cwd().resolve() or (exclude is not None and p == exclude.resolve()):
-            continue
+        excluded = skip is not None and (p == skip or (skip in p.parents and env not in (p, *p.parents)))
+        if not p.is_dir() or p == Path.cwd().resolve() or excluded:
+            continue  # the excluded tree (the project's checkout) with any folder of it on sys.path
         if any(p == r or r in p.parents for r in roots):
             continue
         roots = [r for r in roots if p not in r.parents] + [p]  # a parent replaces its children
