@@ -14,7 +14,7 @@ streamers): the student's forward hands each single-token step of that loop to t
 (`static_cache_forward`). `generate()` marks every new token real (after a row's EOS it feeds pads marked
 real, whose outputs it discards), so the decode step writes every new token; prompt pads were marked by the
 prefill (`HybridStaticCache.slot_valid`) and stay masked in the FA heads, and the LA heads skipped them in the
-prefill. """
+prefill."""
 
 from __future__ import annotations
 

@@ -41,9 +41,7 @@ def _inputs(B: int, T: int, H: int, K: int, V: int, with_h0: bool):
 )
 def test_triton_gated_delta_rule_matches_reference(B, T, H, K, V, chunk, with_h0):
     q, k, v, g, beta, h0 = _inputs(B, T, H, K, V, with_h0)
-    o, ht = chunk_gated_delta_rule_triton(
-        q, k, v, g, beta, initial_state=h0, output_final_state=True, chunk_size=chunk
-    )
+    o, ht = chunk_gated_delta_rule_triton(q, k, v, g, beta, initial_state=h0, output_final_state=True, chunk_size=chunk)
     o_ref, ht_ref = chunk_gated_delta_rule_ref(q, k, v, g, beta, initial_state=h0, output_final_state=True)
     assert _rel(o, o_ref) < RTOL
     assert _rel(ht, ht_ref) < RTOL

@@ -28,8 +28,13 @@ def tiny_teacher(arch: str = "qwen3", layers: int = 2, heads: int = 4, kv_heads:
         kw.setdefault("attention_bias", True)
         kw.setdefault(
             "rope_scaling",
-            {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-             "original_max_position_embeddings": 128},
+            {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 128,
+            },
         )
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw))
     elif arch == "qwen2":  # q/k/v biases, no o_proj bias
