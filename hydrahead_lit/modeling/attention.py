@@ -114,20 +114,22 @@ class HybridAttention(nn.Module):
         D = self.head_dim
         return [(self.num_fa_heads + self.num_fa_kv) * D, self.num_fa_kv * D]
 
+    @property
+    def input_linears(self) -> list[nn.Linear]:
+        """Every projection of the layer input, in the fused projection's order: FA q, k, v, then the LA heads'."""
+        fa = [self.q_proj, self.k_proj, self.v_proj] if self.num_fa_heads else []
+        return fa + (self.la.input_linears if self.la is not None else [])
+
     def _project(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """The layer's whole input projection as ONE GEMM: FA q/k/v and the LA heads' q/k/v, decay, beta
         (and output gate) weights concatenated (`concat_linear`), split once into views. Returns the FA pieces
         (q|k, v; none without FA heads) and the LA pieces (`GatedDeltaNetHeads.input_splits`; none without LA
         heads). Instead of 6 to 9 GEMMs (decay and beta only one output per head wide): one launch, one wide GEMM, and
         in the backward one input-gradient GEMM instead of 6 to 9 and their sum."""
-        linears, splits = [], []
-        if self.num_fa_heads:
-            linears += [self.q_proj, self.k_proj, self.v_proj]
-            splits += self._fa_splits()
+        splits = self._fa_splits() if self.num_fa_heads else []
         if self.la is not None:
-            linears += self.la.input_linears
             splits += self.la.input_splits()
-        pieces = list(concat_linear(x, linears).split(splits, dim=-1))
+        pieces = list(concat_linear(x, self.input_linears).split(splits, dim=-1))
         n_fa = 2 if self.num_fa_heads else 0
         return pieces[:n_fa], pieces[n_fa:]
 

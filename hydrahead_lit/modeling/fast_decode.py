@@ -75,13 +75,7 @@ class _LayerStep:
         _check_block(block, i)
         attn, la = block.self_attn, block.self_attn.la
         self.mlp = block.mlp
-        linears = []
-        if attn.num_fa_heads:
-            linears += [attn.q_proj, attn.k_proj, attn.v_proj]
-        if la is not None:
-            linears += [la.q_proj, la.k_proj, la.v_proj, la.a_proj, la.b_proj]
-            linears += [la.g_proj] if la.g_proj is not None else []
-        self.proj = FusedLinear(linears)
+        self.proj = FusedLinear(attn.input_linears)  # the order LayerDims.splits cuts it in
         qk_norm = attn.q_norm if attn.q_norm is not None else (la.q_norm if la is not None else None)
         self.dims = LayerDims(
             num_fa_heads=attn.num_fa_heads, num_fa_kv=attn.num_fa_kv if attn.num_fa_heads else 0,
