@@ -129,6 +129,7 @@ class Miniature:
         self.corpus_mb, self.train_docs = float(pick("corpus_mb") or 64), int(pick("train_docs") or 60000)
         self.parallel = a.jobs or (len(a.plans) if gpu_count() else 1)
         self.timings: dict[str, float] = {}
+        self.shared_ready = False  # set when another seed of the same invocation prepared `shared` already
         self.stages: dict[str, dict[str, float]] = {}
 
     # ----- lengths and budgets -------------------------------------------------------------------------
@@ -280,7 +281,8 @@ class Miniature:
                                  "to replace it, or choose another --out or --seed")  # fmt: skip
             shutil.rmtree(self.seed_dir)
         start = time.perf_counter()
-        self.prepare_shared()
+        if not self.shared_ready:
+            self.prepare_shared()
         t_seed = time.perf_counter()
         all_plans = plans(self.num_layers, self.num_kv, self.args.seed)
         plan_args = {k: v for k, v in all_plans.items() if k in self.args.plans}
@@ -382,6 +384,8 @@ def _parallel_seeds(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
             raise SystemExit(f"{m.seed_dir} holds an earlier run of seed {m.args.seed}; pass --overwrite to replace "
                              "it, or choose another --out or --seeds")  # fmt: skip
     runs[args.seeds[0]].prepare_shared()
+    for m in runs.values():
+        m.shared_ready = True  # made once above, not verified again by every seed at the same time
     with ThreadPoolExecutor(max_workers=len(runs)) as pool:
         futures = {seed: pool.submit(m.run) for seed, m in runs.items()}
     return {seed: f.result() for seed, f in futures.items()}

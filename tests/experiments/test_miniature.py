@@ -289,6 +289,7 @@ def test_parallel_seeds_share_one_preparation_and_run_at_once(tmp_path, monkeypa
 
     def run(self) -> dict:
         together.wait()
+        assert self.shared_ready  # the seeds do not prepare (or verify) the shared data again
         return {"seed": self.args.seed}
 
     monkeypatch.setattr(Miniature, "prepare_shared", lambda self: prepared.append(self.args.seed))
