@@ -152,7 +152,9 @@ class HybridAttention(nn.Module):
             sin,
         )
         q, k = qk.split([self.num_fa_heads, self.num_fa_kv], dim=2)
-        return q, k, v.view(B, T, -1, D)
+        # Dense copies: cuDNN SDPA (torch 2.11, H200, bf16, causal, GQA) gave wrong gradients for these strided
+        # views (relative error 0.66 over a tiny student's parameters; tests/modeling/test_gpu_step.py).
+        return q.contiguous(), k.contiguous(), v.view(B, T, -1, D).contiguous()
 
     def _fa_forward(
         self,

@@ -46,8 +46,9 @@ def _prompts(lengths=(9, 4, 12)) -> list[torch.Tensor]:
 
 def _pad(prompts: list[torch.Tensor], side: str) -> tuple[torch.Tensor, torch.Tensor]:
     T = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), T), PAD_ID)
-    mask = torch.zeros(len(prompts), T, dtype=torch.long)
+    device = prompts[0].device
+    ids = torch.full((len(prompts), T), PAD_ID, device=device)
+    mask = torch.zeros(len(prompts), T, dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
         sl = slice(T - len(p), T) if side == "left" else slice(0, len(p))
         ids[i, sl], mask[i, sl] = p, 1
