@@ -7,8 +7,8 @@ PyTorch recurrence), the fusion and the MLP. On CUDA the whole step is captured 
 `torch.cuda.CUDAGraph` and replayed per token (optionally with the pointwise pieces compiled first), so a
 token costs one graph launch. Prefill stays on the model's own (chunked) forward.
 
-`student.generate(fast=True)` takes this path (`model.fast_generation = None` makes it the default on CUDA; it
-is opt-in until the CUDA-graph step has been checked on a GPU). It allocates a static cache for batch x
+`student.generate()` takes this path by default on CUDA (`fast=False`, or `model.fast_generation = False`,
+keeps the eager path; `fast=True` insists). It allocates a static cache for batch x
 (prompt + new tokens), attaches a decoder, and lets `transformers` run the loop (sampling, stopping per row,
 streamers): the student's forward hands each single-token step of that loop to the decoder
 (`static_cache_forward`). `generate()` marks every new token real (after a row's EOS it feeds pads marked

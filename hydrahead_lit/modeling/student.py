@@ -166,9 +166,9 @@ class HydraHeadMixin:
                 return fast  # a decode step of generate(), served by the cache's FastDecoder
         return super().forward(*args, **kwargs)
 
-    fast_generation: bool | None = False
-    """Default of `generate(fast=...)`: False keeps the eager path, None takes the fast path (fast_decode.py)
-    on CUDA, True insists. False until the CUDA-graph step has been checked on a GPU (docs/model.md)."""
+    fast_generation: bool | None = None
+    """Default of `generate(fast=...)`: None takes the fast path (fast_decode.py) on CUDA when the request
+    allows it (the eager path otherwise, logged), True insists, False keeps the eager path."""
 
     def generate(self, *args: Any, fast: bool | None = None, **kwargs: Any) -> Any:
         if getattr(self.config, HYDRAHEAD_CONFIG_KEY)["twins"]:

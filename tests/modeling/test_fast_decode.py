@@ -219,7 +219,7 @@ def test_cuda_graph_generate_equals_eager_greedy_tokens(caplog):
     ids, mask = ids.cuda(), mask.cuda()
     kw = dict(attention_mask=mask, max_new_tokens=24, do_sample=False, pad_token_id=PAD_ID)
     with caplog.at_level(logging.INFO, logger="hydrahead_lit"):
-        fast = model.generate(ids, fast=True, **kw)  # opt-in until this test has passed on a GPU (student.py)
+        fast = model.generate(ids, **kw)  # the default on CUDA
     assert "fast path" in caplog.text and "CUDA graph" in caplog.text
     eager = model.generate(ids, fast=False, **kw)
     assert torch.equal(fast, eager)
