@@ -312,9 +312,9 @@ def test_la_rows_equal_norm_rope_l2_per_tensor():
 @pytest.mark.parametrize("conv", [0, 4], ids=["plain", "conv"])
 def test_prepared_views_feed_the_triton_op(conv):
     """The layer hands the LA kernels views (q and k rows of one tensor, v a slice of the projection; with the
-    conv, rows of its output) and SDPA dense FA q/k/v: the fused Triton op (Triton's interpreter on the CPU) takes them as they are,
-    and its output and parameter gradients equal the PyTorch definition's (float32, 1e-4 relative as in
-    tests/kernels)."""
+    conv, rows of its output) and SDPA dense FA q/k/v: the fused Triton op (Triton's interpreter on the CPU)
+    takes them as they are, and its output and parameter gradients equal the PyTorch definition's (float32,
+    1e-4 relative as in tests/kernels)."""
     pytest.importorskip("triton")
     from hydrahead_lit.kernels.hybrid_attention import hybrid_attention_triton
     from hydrahead_lit.ops.hybrid_attention import hybrid_attention_ref
