@@ -93,7 +93,8 @@ def test_refused_rerun_leaves_the_run_directory_byte_for_byte(tiny, tmp_path) ->
     with pytest.raises(ValueError, match="already holds an exported student"):
         fit(tiny["cfg2"], "--model.lr", "0.01")
     assert snapshot(tiny["s2"]) == before
-    assert yaml.safe_load((tiny["s2"] / "config.yaml").read_text())["model"]["init_args"]["lr"] == 1e-3
+    lr = yaml.safe_load(tiny["cfg2"].read_text())["model"]["init_args"]["lr"]  # the config's, not the refused 0.01
+    assert yaml.safe_load((tiny["s2"] / "config.yaml").read_text())["model"]["init_args"]["lr"] == lr != 0.01
     # a refusal from inside fit (a corrupt corpus found at data setup, after the logger opened its file)
     bad = tmp_path / "bad"
     shutil.copytree(tiny["data"], bad)
