@@ -62,11 +62,10 @@ class _Overlap:
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     """Causal softmax attention over ``[B, T, H, D]`` views; returns ``[B, T, H, D]`` (a view).
 
-    The inputs are made dense ``[B, T, H, D]`` first. The model hands in q and k split out of one rows tensor
-    (q|k normed and rotated together) and v as a slice of the fused projection; on an H200 (torch 2.11,
-    cuDNN SDPA, bf16, causal, GQA) those strided views gave wrong gradients: relative error 0.68 over a tiny
-    student's parameters, against 0.019 with dense copies (``tests/modeling/test_gpu_step.py``). The copies
-    cover the FA heads alone, a small part of the layer's traffic."""
+    The inputs are made dense ``[B, T, H, D]`` first (a no-op for the model's own, already dense ones): on an
+    H200 (torch 2.11, cuDNN SDPA, bf16, causal, GQA) q and k split out of one rows tensor and v sliced from a
+    fused projection gave wrong gradients, relative error 0.68 over a tiny student's parameters against 0.019
+    with dense copies (``tests/modeling/test_gpu_step.py``; ``HybridAttention._fa_qkv``)."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     gqa = k.shape[2] != q.shape[2]
     out = F.scaled_dot_product_attention(

@@ -138,7 +138,7 @@ class HybridAttention(nn.Module):
         return list(concat_linear(x, [self.q_proj, self.k_proj, self.v_proj]).split(self._fa_splits(), dim=-1))
 
     def _fa_qkv(self, pieces: list[Tensor], cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """FA queries, keys (normed as the teacher does, rotated) and values, [B, T, heads, D] (views)."""
+        """FA queries, keys (normed as the teacher does, rotated) and values, [B, T, heads, D], each dense."""
         qk, v = pieces
         B, T, _ = qk.shape
         D = self.head_dim
