@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,29 @@ from hydrahead_lit.selection.probes import DEFAULT_PROBE_TASKS, batch_probes, ma
 from hydrahead_lit.selection.retrieval import GROUP_REDUCTIONS, group_scores, hybrid_attentions, retrieval_scores
 
 FORMAT_VERSION = 1
+
+# Several selections at the end of one run (7:1, 3:1, whole layers) score the same weights on the same probes;
+# the probe passes are most of a selection's cost, so their results are kept per model and reused while its
+# weights are unchanged (every in-place update of a parameter bumps its version counter).
+_PROBE_SCORES: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, tuple]] = weakref.WeakKeyDictionary()
+
+
+def _probe_scores(student: torch.nn.Module, probes: Sequence[Any], batch_size: int, match: str) -> tuple:
+    """(retrieval head scores, patching effects or None) of `student` on `probes`, computed once per weights."""
+    key = (
+        tuple(p._version for p in student.parameters()),
+        tuple(tuple(s.full_ids) for s in probes),
+        batch_size,
+        match,
+    )
+    cached = _PROBE_SCORES.get(student)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    batches = batch_probes(probes, batch_size)
+    head = retrieval_scores(student, batches, match=match)
+    effects = patching_effects(student, batches) if all(a.twins for a in hybrid_attentions(student)) else None
+    _PROBE_SCORES[student] = (key, (head, effects))
+    return head, effects
 
 
 def _table(t: torch.Tensor) -> list[list[float]]:
@@ -227,23 +251,21 @@ class HeadSelectionCallback(Callback):
         extra: dict[str, list] = {}
         # baselines do not decide by the scores, but recording them lets runs be compared on one map
         probes = self._probes or make_probes(tokenizer, self.probe_tasks, self.probe_length, self.num_probes, self.seed)
-        batches = batch_probes(probes, self.probe_batch_size)
         was_training = student.training
         student.eval()
         try:
             with torch.no_grad():
-                head = retrieval_scores(student, batches, match=self.retrieval_match)
-                head_scores["retrieval"] = _table(head)
-                scores["retrieval"] = group_scores(head, gs, self.group_reduce)
-                if all(a.twins for a in hybrid_attentions(student)):
-                    effects = patching_effects(student, batches)
-                    scores["patching"] = effects[self.patching_metric]
-                    other = next(m for m in PATCHING_METRICS if m != self.patching_metric)
-                    extra[f"patching_{other}"] = _table(effects[other])
-                else:
-                    warnings.warn("the model has no LA twins: the patching score is skipped", stacklevel=2)
+                head, effects = _probe_scores(student, probes, self.probe_batch_size, self.retrieval_match)
         finally:
             student.train(was_training)
+        head_scores["retrieval"] = _table(head)
+        scores["retrieval"] = group_scores(head, gs, self.group_reduce)
+        if effects is not None:
+            scores["patching"] = effects[self.patching_metric]
+            other = next(m for m in PATCHING_METRICS if m != self.patching_metric)
+            extra[f"patching_{other}"] = _table(effects[other])
+        else:
+            warnings.warn("the model has no LA twins: the patching score is skipped", stacklevel=2)
         if alignment_error is not None and not torch.isfinite(torch.as_tensor(alignment_error)).all():
             warnings.warn("alignment_error has NaN entries (no stage-1 step updated them): skipped", stacklevel=2)
         elif alignment_error is not None:

@@ -76,6 +76,9 @@ class EvalModule(pl.LightningModule):
         max_length: the longest context evaluated (None: the model's ``max_position_embeddings``). A
             larger value evaluates past the positions the model declares (RoPE extrapolates), to
             measure what a model gives there; results record both numbers.
+        fast_generation: a student's decode path for the RULER answers: None (the model's default: the
+            static cache and CUDA graph on CUDA), False (eager), True (fast, or an error). Answers are a
+            few dozen tokens, so the fast path's one-time compile per cache shape can cost more than it saves.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class EvalModule(pl.LightningModule):
         haystack: str = "procedural",
         overwrite: bool = False,
         max_length: int | None = None,
+        fast_generation: bool | None = None,
     ) -> None:
         super().__init__()
         self.config_json = read_config(checkpoint)
@@ -144,6 +148,8 @@ class EvalModule(pl.LightningModule):
         if self.model is None:  # loaded on CPU here; the strategy then moves the module to its device
             hp = self.hparams
             self.model, self.tok, _ = load_model(hp.checkpoint, self.tok, hp.dtype)
+            if is_student(self.model):
+                self.model.fast_generation = hp.fast_generation
         self._results = {"ruler": {}, "perplexity": None, "efficiency": {} if self.hparams.efficiency else None}
         self._t0 = time.perf_counter()
 

@@ -30,6 +30,7 @@ import json
 import math
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,7 @@ class Miniature:
         self.parallel = a.jobs or (len(a.plans) if gpu_count() else 1)
         self.timings: dict[str, float] = {}
         self.shared_ready = False  # set when another seed of the same invocation prepared `shared` already
+        self.teacher_done: Future | None = None  # the teacher's evaluation, when it runs beside the seeds
         self.stages: dict[str, dict[str, float]] = {}
 
     # ----- lengths and budgets -------------------------------------------------------------------------
@@ -270,6 +272,11 @@ class Miniature:
         prepare_splits(self.data, self.corpus, self.model_teacher, self.n, int(self.corpus_mb * 2**20),
                        (self.train_docs, 500), a.data, a.val_data, ROOT, a.prepare_workers)  # fmt: skip
         self.timings["data"] = time.perf_counter() - start
+        if not self.args.parallel_seeds:
+            self.evaluate_teacher()
+
+    def evaluate_teacher(self) -> None:
+        """The teacher's row of the report, made once per experiment directory."""
         if not (self.shared / "eval" / "teacher" / "results.json").is_file():
             self._timed("teacher evaluation", [self.eval_job("teacher", self.model_teacher, self.shared)])
 
@@ -294,6 +301,8 @@ class Miniature:
                 self.stages[f"{name} stage {stage}"] = last_scalars(self.seed_dir / name / f"stage{stage}")
         evals = [self.eval_job(n, self.seed_dir / n / "stage3" / "student", self.seed_dir) for n in plan_args]
         self._timed("evaluation", evals, self.parallel)
+        if self.teacher_done is not None:
+            self.teacher_done.result()  # the report compares with the teacher's row
         self.timings["seed total"] = time.perf_counter() - t_seed
         self.timings["total"] = time.perf_counter() - start
         return self.report(list(plan_args))
@@ -372,11 +381,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _parallel_seeds(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
-    """Every seed of `args.seeds` at once, one thread each (their jobs are subprocesses). The shared corpus and
-    teacher evaluation are made first, once; every seed is checked for an earlier run before any starts. A seed
-    that fails is raised after the others have finished (their runs are kept)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Every seed of `args.seeds` at once, one thread each (their jobs are subprocesses). The shared corpus is
+    made first, once, and the teacher is evaluated beside the seeds' training; every seed is checked for an
+    earlier run before any starts. A seed that fails is raised after the others have finished (their runs are
+    kept)."""
     runs = {seed: Miniature(argparse.Namespace(**{**vars(args), "seed": seed})) for seed in args.seeds}
     for m in runs.values():
         m.check_shared()
@@ -386,7 +394,10 @@ def _parallel_seeds(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
     runs[args.seeds[0]].prepare_shared()
     for m in runs.values():
         m.shared_ready = True  # made once above, not verified again by every seed at the same time
-    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+    with ThreadPoolExecutor(max_workers=len(runs) + 1) as pool:
+        teacher = pool.submit(runs[args.seeds[0]].evaluate_teacher)
+        for m in runs.values():
+            m.teacher_done = teacher
         futures = {seed: pool.submit(m.run) for seed, m in runs.items()}
     return {seed: f.result() for seed, f in futures.items()}
 

@@ -145,3 +145,12 @@ def test_datamodule_serves_the_modules_jobs(model_dirs, tmp_path) -> None:
     trainer.test(module, datamodule=EvalDataModule())
     res = json.loads((tmp_path / "dm" / "results.json").read_text())
     assert set(res["ruler"]["passkey"]) == {"160"} and res["efficiency"] is None
+
+
+@pytest.mark.parametrize("fast", [None, False, True])
+def test_fast_generation_is_handed_to_the_student(model_dirs, tmp_path, fast) -> None:
+    module = EvalModule(model_dirs["student"], tokenizer="demo", output_dir=str(tmp_path), lengths=[256],
+                        tasks=["passkey"], fast_generation=fast)  # fmt: skip
+    module.trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    module.setup("test")
+    assert module.model.fast_generation is fast  # None: the model's default (the fast path on CUDA only)

@@ -285,15 +285,22 @@ def test_parallel_seeds_refuse_an_earlier_seed_before_anything_runs(tmp_path, mo
 def test_parallel_seeds_share_one_preparation_and_run_at_once(tmp_path, monkeypatch) -> None:
     import threading
 
-    prepared, together = [], threading.Barrier(3, timeout=10)  # fails unless the three seeds run concurrently
+    prepared, teacher = [], []
+    together = threading.Barrier(4, timeout=10)  # fails unless the teacher's evaluation and the seeds run together
 
     def run(self) -> dict:
         together.wait()
         assert self.shared_ready  # the seeds do not prepare (or verify) the shared data again
+        assert self.teacher_done is not None  # and wait for the teacher's row before their reports
         return {"seed": self.args.seed}
 
+    def evaluate_teacher(self) -> None:
+        together.wait()
+        teacher.append(self.args.seed)
+
     monkeypatch.setattr(Miniature, "prepare_shared", lambda self: prepared.append(self.args.seed))
+    monkeypatch.setattr(Miniature, "evaluate_teacher", evaluate_teacher)
     monkeypatch.setattr(Miniature, "run", run)
     args = parse_args(["--out", str(tmp_path / "out"), "--seeds", "0", "1", "2", "--parallel-seeds"])
     assert miniature._parallel_seeds(args) == {s: {"seed": s} for s in (0, 1, 2)}
-    assert prepared == [0]
+    assert prepared == [0] and teacher == [0]

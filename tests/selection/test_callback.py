@@ -163,3 +163,23 @@ def test_bad_arguments():
         HeadSelectionCallback(weights={"retrieval": 1.0, "vibes": 1.0})
     with pytest.raises(ValueError, match="at_step"):
         HeadSelectionCallback(at_step=0)
+
+
+def test_selections_of_one_run_share_the_probe_passes_until_the_weights_change(teacher, monkeypatch):
+    import hydrahead_lit.callbacks.head_selection as hs
+    from hydrahead_lit.data.demo import demo_tokenizer
+
+    calls = []
+    real = hs.retrieval_scores
+    monkeypatch.setattr(hs, "retrieval_scores", lambda *a, **k: calls.append(1) or real(*a, **k))
+    student, tok = hh.convert(teacher, None, twins=True), demo_tokenizer()
+    three, one = (HeadSelectionCallback(method="hydrahead", ratio=r, **PROBES) for r in (3.0, 1.0))
+    first = three.compute(student, tok)
+    second = one.compute(student, tok)
+    HeadSelectionCallback(method="layerwise", ratio=1.0, **PROBES).compute(student, tok)
+    assert len(calls) == 1  # three selections, one set of probe passes
+    assert first["scores"] == second["scores"] and first["head_scores"] == second["head_scores"]
+    with torch.no_grad():
+        next(student.parameters()).mul_(1.01)  # what a training step does: the scores are computed again
+    three.compute(student, tok)
+    assert len(calls) == 2
