@@ -28,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -195,8 +197,10 @@ class Miniature:
                                   head_selection=selection and str(self.seed_dir / "stage1" / selection),
                                   plan=model.get("plan"))  # fmt: skip
             else:
+                # Rows past the teacher's positions extend the student's (RoPE extrapolates; stage 3 trains there).
+                longer = {"max_position_embeddings": self.stage3_len} if self.stage3_len > self.positions else {}
                 cfg = self._stage("stage3", run, self.stage3_len,
-                                  init_from=str(self.seed_dir / name / "stage2" / "student"))  # fmt: skip
+                                  init_from=str(self.seed_dir / name / "stage2" / "student"), **longer)  # fmt: skip
             jobs.append(self._job(f"{name}_stage{stage}", "fit", cfg, self.seed_dir))
         return jobs
 
@@ -257,8 +261,11 @@ class Miniature:
                 said = ", ".join(f"{k}: {old} (earlier) vs {new}" for k, (old, new) in diff.items())
                 raise SystemExit(f"{self.out} holds seeds made with other shared settings ({said}); the seeds of one "
                                  "experiment share teacher, corpus and evaluation: choose another --out")  # fmt: skip
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(settings, indent=1) + "\n")
+        if not record.is_file():  # written whole or not at all (a concurrent reader never sees half of it)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            partial = record.with_name(f".{record.name}.{os.getpid()}.{threading.get_ident()}")
+            partial.write_text(json.dumps(settings, indent=1) + "\n")
+            os.replace(partial, record)
 
     def prepare_shared(self) -> None:
         from hydrahead_lit.experiments.corpus import prepare_splits
@@ -281,7 +288,8 @@ class Miniature:
             self._timed("teacher evaluation", [self.eval_job("teacher", self.model_teacher, self.shared)])
 
     def run(self) -> dict[str, Any]:
-        self.check_shared()  # before anything is deleted
+        if not self.shared_ready:  # else checked by the invocation that prepared `shared` for every seed
+            self.check_shared()  # before anything is deleted
         if self.seed_dir.exists():
             if not self.args.overwrite:
                 raise SystemExit(f"{self.seed_dir} holds an earlier run of seed {self.args.seed}; pass --overwrite "
@@ -399,6 +407,11 @@ def _parallel_seeds(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
         for m in runs.values():
             m.teacher_done = teacher
         futures = {seed: pool.submit(m.run) for seed, m in runs.items()}
+    failed = {seed: f.exception() for seed, f in futures.items() if f.exception() is not None}
+    for seed, err in failed.items():  # every failing seed is named, not only the first
+        print(f"[seed {seed}] failed: {type(err).__name__}: {err}", flush=True)
+    if failed:
+        raise RuntimeError(f"seed(s) {sorted(failed)} failed (see above); the runs of the others are kept")
     return {seed: f.result() for seed, f in futures.items()}
 
 

@@ -28,6 +28,7 @@ class LongContextModule(StageModule):
         temperature: float = 1.0,
         chunk_size: int = 1024,
         teacher_dtype: str = "float32",
+        max_position_embeddings: int | None = None,
         **kwargs: Any,
     ) -> None:
         """
@@ -38,6 +39,10 @@ class LongContextModule(StageModule):
             temperature: distillation temperature.
             chunk_size: tokens per chunk of the logit losses.
             teacher_dtype: dtype of the frozen teacher.
+            max_position_embeddings: the positions the student declares from this stage on (None: the stage-2
+                student's). A larger value extends its context to rows of that length: the rotary frequencies
+                stay as they are (RoPE extrapolates and this stage trains on the new positions), and the export
+                records the new limit, so evaluation accepts lengths up to it.
             **kwargs: see `StageModule` (lr, warmup_steps, trainable, ...).
         """
         super().__init__(**kwargs)
@@ -52,6 +57,14 @@ class LongContextModule(StageModule):
             teacher_config(teacher)
         self.init_from, self.teacher_path = init_from, teacher
         self._student_plan = spec["plan"]
+        self.positions = _positions(super().model_config_dict, max_position_embeddings, init_from)
+
+    @property
+    def model_config_dict(self) -> dict[str, Any]:
+        config = super().model_config_dict
+        text = config.get("text_config", config)
+        text["max_position_embeddings"] = self.positions
+        return config
 
     def _record_teacher(self) -> str | None:
         return self.teacher_path if self.hparams.kd_weight > 0 else None
@@ -66,6 +79,9 @@ class LongContextModule(StageModule):
     def _build_models(self) -> None:
         hp = self.hparams
         self.student = load_student(self.init_from, hp.dtype).train()
+        config = self.student.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        text.max_position_embeddings = self.positions  # written into the export with the rest of the config
         if hp.kd_weight > 0:
             self.teacher = load_teacher(self.teacher_path, hp.teacher_dtype)
 
@@ -91,3 +107,18 @@ class LongContextModule(StageModule):
         if prefix == "val":
             self.record_val_ce(ce, mask.sum())
         return loss
+
+
+def _positions(config: dict[str, Any], requested: int | None, init_from: str) -> int:
+    """The student's positions after stage 3: the stage-2 export's, or a larger `requested` value."""
+    current = config.get("text_config", config).get("max_position_embeddings")
+    if requested is None:
+        return current
+    if not isinstance(requested, int) or requested < 1:
+        raise ValueError(f"max_position_embeddings must be a positive number of tokens or null, got {requested!r}")
+    if isinstance(current, int) and requested < current:
+        raise ValueError(
+            f"max_position_embeddings={requested} is below the {current} positions of {init_from}: stage 3 extends "
+            "a context, it does not shorten it; drop the setting or raise it"
+        )
+    return requested

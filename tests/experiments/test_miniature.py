@@ -141,6 +141,14 @@ def test_stage3_jobs(tmp_path) -> None:
         model = job.cfg["model"]["init_args"]
         assert model["init_from"] == str(m.seed_dir / name / "stage2" / "student")
         assert "plan" not in model and "head_selection" not in model  # the plan comes with the stage-2 export
+        assert "max_position_embeddings" not in model  # 512 tokens: within the teacher's 1,024 positions
+
+
+def test_stage3_past_the_teacher_positions_extends_the_students(tmp_path) -> None:
+    m = make(tmp_path, *SMALL, "--stage3-multiple", "8")  # 8 x 256 = 2,048 tokens, twice the teacher's positions
+    (job,) = m.stage_jobs(3, {"all_la": {}})
+    check_data(m, job.cfg, 2048)
+    assert job.cfg["model"]["init_args"]["max_position_embeddings"] == 2048
 
 
 @pytest.mark.parametrize(("seq_len", "samples", "batch"), [(256, "4", 4), (128, "100", 25)])
@@ -304,3 +312,23 @@ def test_parallel_seeds_share_one_preparation_and_run_at_once(tmp_path, monkeypa
     args = parse_args(["--out", str(tmp_path / "out"), "--seeds", "0", "1", "2", "--parallel-seeds"])
     assert miniature._parallel_seeds(args) == {s: {"seed": s} for s in (0, 1, 2)}
     assert prepared == [0] and teacher == [0]
+
+
+def test_parallel_seeds_name_every_failing_seed_after_the_others_finish(tmp_path, monkeypatch, capsys) -> None:
+    finished = []
+
+    def run(self) -> dict:
+        if self.args.seed in (1, 2):
+            raise RuntimeError(f"job of seed {self.args.seed} failed")
+        finished.append(self.args.seed)
+        return {"seed": self.args.seed}
+
+    monkeypatch.setattr(Miniature, "prepare_shared", lambda self: None)
+    monkeypatch.setattr(Miniature, "evaluate_teacher", lambda self: None)
+    monkeypatch.setattr(Miniature, "run", run)
+    args = parse_args(["--out", str(tmp_path / "out"), "--seeds", "0", "1", "2", "--parallel-seeds"])
+    with pytest.raises(RuntimeError, match=r"seed\(s\) \[1, 2\] failed"):
+        miniature._parallel_seeds(args)
+    assert finished == [0]
+    out = capsys.readouterr().out
+    assert "[seed 1] failed: RuntimeError: job of seed 1 failed" in out and "[seed 2] failed" in out

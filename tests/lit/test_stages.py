@@ -1,5 +1,6 @@
 """Each stage trains a few steps on a tiny teacher; exactly the intended parameters change."""
 
+import json
 import re
 
 import lightning as L
@@ -67,6 +68,25 @@ def test_stage3_lm_loss_with_kd(teacher_dir, student_dir, tmp_path) -> None:
     )
     changed, trainable, _ = _fit_and_diff(module, tmp_path)
     assert changed == trainable == {n for n, _ in module.student.named_parameters()}
+
+
+def test_stage3_extends_the_students_positions_past_the_teachers(student_dir, tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from hydrahead_lit.cli import check_data_fits_model
+
+    kept = LongContextModule(init_from=str(student_dir))
+    limit = kept.model_config_dict["max_position_embeddings"]
+    with pytest.raises(ValueError, match=f"exceeds the model's max_position_embeddings={limit}"):
+        check_data_fits_model(kept, SimpleNamespace(seq_len=2 * limit, vocab_size=None))
+    module = LongContextModule(init_from=str(student_dir), max_position_embeddings=2 * limit, lr=1e-2, warmup_steps=0)
+    check_data_fits_model(module, SimpleNamespace(seq_len=2 * limit, vocab_size=None))  # accepted now
+    changed, trainable, _ = _fit_and_diff(module, tmp_path)
+    assert changed == trainable
+    module.student.save_pretrained(tmp_path / "export")  # what ExportStudent writes
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["max_position_embeddings"] == 2 * limit
+    with pytest.raises(ValueError, match="extends a context, it does not shorten it"):
+        LongContextModule(init_from=str(student_dir), max_position_embeddings=limit // 2)
 
 
 def test_pretrain_from_config(tmp_path) -> None:
