@@ -52,7 +52,7 @@ DEFAULT_CONFIGS = ROOT / "configs" / "miniature"
 DEFAULT_OUT = Path("runs/miniature")
 DEFAULT_TEACHER = ROOT / "data" / "demo" / "teacher"
 EXPERIMENT_KEYS = ("teacher", "corpus", "corpus_mb", "train_docs", "seq_len", "stage3_multiple", "eval_multiples",
-                   "long_eval_multiples", "efficiency_multiples")  # fmt: skip
+                   "long_eval_multiples", "efficiency_multiples", "plans")  # fmt: skip
 
 
 def budget(total_groups: int, ratio: float) -> tuple[int, float]:
@@ -130,6 +130,10 @@ class Miniature:
         self.n = self.positions // max(self.eval_mult) if seq_len == "auto" else int(seq_len)
         self.stage3_len = int(pick("stage3_multiple") or 2) * self.n
         self.corpus_mb, self.train_docs = float(pick("corpus_mb") or 64), int(pick("train_docs") or 60000)
+        a.plans = list(pick("plans") or PLAN_NAMES)
+        unknown = sorted(set(a.plans) - set(PLAN_NAMES))
+        if unknown:
+            raise SystemExit(f"{self.configs / 'experiment.yaml'}: unknown plan(s) {unknown}; known: {PLAN_NAMES}")
         self.parallel = a.jobs or (len(a.plans) if gpu_count() else 1)
         self.timings: dict[str, float] = {}
         self.shared_ready = False  # set when another seed of the same invocation prepared `shared` already
@@ -375,8 +379,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--long-eval-multiples", type=int, nargs="*", default=None, help="eval lengths past them")
     p.add_argument("--efficiency-multiples", type=int, nargs="+", default=None, help="cache/speed lengths")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same seed")
-    p.add_argument("--plans", nargs="+", default=list(PLAN_NAMES), choices=PLAN_NAMES,
-                   help="plans to compare (default: all)")  # fmt: skip
+    p.add_argument("--plans", nargs="+", default=None, choices=PLAN_NAMES,
+                   help="plans to compare (default: experiment.yaml's, else all)")  # fmt: skip
     p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: all plans on GPU, 1 on CPU)")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every run's max_steps (tests: small)")
     p.add_argument("--batch-size", type=int, default=None, help="override every run's batch size (tests: small)")

@@ -28,6 +28,18 @@ SMALL = ("--batch-size", "3", "--num-workers", "0", "--eval-samples", "4", "--ac
 
 
 # ----- plans and arguments --------------------------------------------------------------------------------
+def test_plans_come_from_the_flag_then_experiment_yaml(tmp_path) -> None:
+    smol = ["--configs", str(ROOT / "configs" / "smollm2"), "--teacher", str(DEFAULT_TEACHER)]
+    required = ["hydrahead_7to1", "hydrahead_3to1", "random_7to1", "layerwise_3to1", "layerwise_best", "all_la"]
+    assert make(tmp_path, *smol).args.plans == required  # configs/smollm2/experiment.yaml: the issue's six
+    assert make(tmp_path, *smol, "--plans", "all_la").args.plans == ["all_la"]
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "experiment.yaml").write_text("teacher: data/demo/teacher\nplans: [all_la, no_such_plan]\n")
+    with pytest.raises(SystemExit, match=r"unknown plan\(s\) \['no_such_plan'\]"):
+        make(tmp_path, "--configs", str(configs))
+
+
 @pytest.mark.parametrize(("layers", "interleaved"), [(4, [3]), (8, [3, 7]), (2, [1])])
 def test_plans(layers: int, interleaved: list[int]) -> None:
     p = plans(layers, 2, seed=11)
@@ -49,7 +61,7 @@ def test_parse_args_defaults(tmp_path) -> None:
     assert (DEFAULT_TEACHER / "config.json").is_file()  # the bundled teacher is in the repository
     assert m.n == 256 and m.stage3_len == 512 and m.eval_lengths == [256, 512, 1024] and m.long_lengths == []
     assert m.corpus == "demo" and m.train_docs == 60000
-    assert args.seed == 0 and args.seeds is None and args.plans == ALL_PLANS
+    assert args.seed == 0 and args.seeds is None and args.plans is None and m.args.plans == ALL_PLANS
     assert args.steps_scale == 1.0 and not args.overwrite
     assert args.batch_size is None and args.num_workers is None and args.accelerator is None
     with pytest.raises(SystemExit):

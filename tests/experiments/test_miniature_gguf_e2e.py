@@ -26,6 +26,7 @@ def test_miniature_on_a_gguf_teacher_and_the_python_corpus(tmp_path) -> None:
     summary = main(["--teacher", str(gguf), "--corpus", "python", "--corpus-mb", "2", "--out", str(out),
                     "--plans", "hydrahead_7to1", "--steps-scale", "0.005", "--batch-size", "2", "--num-workers", "0",
                     "--eval-samples", "2", "--probes", "4", "--eval-multiples", "1", "2", "--efficiency-multiples", "2",
+                    "--stage3-multiple", "8", "--long-eval-multiples", "8",  # both past the teacher's 1,024 positions
                     "--accelerator", "cpu"])  # fmt: skip
     shared, seed_dir = out.resolve() / "shared", out.resolve() / "seed0"
     # The GGUF was imported once; every job reads the imported directory and its tokenizer.
@@ -40,7 +41,10 @@ def test_miniature_on_a_gguf_teacher_and_the_python_corpus(tmp_path) -> None:
     assert budget(9, 7) == (1, 8.0) and summary["budgets"]["7:1"] == {"fa_groups": 1, "ratio": 8.0, "total_groups": 9}
     result = json.loads((seed_dir / "eval" / "hydrahead_7to1" / "results.json").read_text())
     assert (result["model"]["fa_kv_groups"], result["model"]["total_kv_groups"]) == (1, 9)
-    assert result["config"]["lengths"] == [256, 512] and result["perplexity"]["ppl"] > 1
+    assert result["config"]["lengths"] == [256, 512, 2048] and result["perplexity"]["ppl"] > 1
+    # Stage 3 trained on 2,048-token rows, past the teacher's positions: the student now declares them.
+    stage3 = json.loads((seed_dir / "hydrahead_7to1" / "stage3" / "student" / "config.json").read_text())
+    assert stage3["max_position_embeddings"] == 2048
     assert len(summary["selections"]["selection_7to1"]["chosen"]) == 1
     assert len(summary["selections"]["selection_3to1"]["chosen"]) == 2  # floor(9 / 4)
     assert (seed_dir / "stage1" / "selection_7to1.png").is_file()
