@@ -2,11 +2,14 @@
 
 The export is the weights-only hand-off to the next stage (its `init_from`). Under FSDP2 every rank
 takes part in gathering a full, CPU-offloaded state dict; rank 0 alone writes it. An existing export
-is never overwritten unless `overwrite` is set, and that is checked before training starts.
+is never overwritten unless `overwrite` is set, and that is checked before training starts. The
+directory appears only when complete.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import lightning as L
@@ -95,10 +98,20 @@ class ExportStudent(Callback):
         student = pl_module.student
         state = full_state_dict(student)  # every rank: a collective under FSDP2
         if trainer.is_global_zero:
-            out.mkdir(parents=True, exist_ok=True)
-            save_hf(student, state, out)
-            save_tokenizer(getattr(pl_module, "tokenizer_source", None), out)
-            (out / "README.md").write_text(LOADING_NOTE)
+            # Written under a temporary name and renamed when whole: a directory at `out` is always a complete
+            # export (a crash mid-write leaves only the temporary one), and a replaced export goes only then.
+            out.parent.mkdir(parents=True, exist_ok=True)
+            partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+            save_hf(student, state, partial)
+            save_tokenizer(getattr(pl_module, "tokenizer_source", None), partial)
+            (partial / "README.md").write_text(LOADING_NOTE)
+            if out.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
+                out.rename(old / out.name)
+                partial.rename(out)
+                shutil.rmtree(old)
+            else:
+                partial.rename(out)
             rank_zero_info(f"exported the student to {out}")
         trainer.strategy.barrier("export_student")
         self.exported = out

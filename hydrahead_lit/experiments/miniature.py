@@ -41,6 +41,7 @@ from hydrahead_lit.experiments.runner import (
     Job,
     callbacks,
     gpu_count,
+    job_outputs,
     last_scalars,
     load_config,
     run_jobs,
@@ -138,6 +139,7 @@ class Miniature:
         self.timings: dict[str, float] = {}
         self.shared_ready = False  # set when another seed of the same invocation prepared `shared` already
         self.teacher_done: Future | None = None  # the teacher's evaluation, when it runs beside the seeds
+        self.kept: list[str] = []  # jobs of an earlier run kept by --resume
         self.stages: dict[str, dict[str, float]] = {}
 
     # ----- lengths and budgets -------------------------------------------------------------------------
@@ -229,9 +231,37 @@ class Miniature:
     # ----- the run ------------------------------------------------------------------------------------
     def _timed(self, phase: str, jobs: list[Job], parallel: int = 1) -> None:
         start = time.perf_counter()
+        if self.args.resume:
+            jobs = self._unfinished(jobs)
         print(f"[seed {self.args.seed}: {phase}] {len(jobs)} job(s), {min(parallel, len(jobs))} at a time", flush=True)
         run_jobs(jobs, parallel)
         self.timings[phase] = time.perf_counter() - start
+
+    def _unfinished(self, jobs: list[Job]) -> list[Job]:
+        """With --resume: the jobs still to run. A finished job (its export or results in place) is kept when it
+        ran with the config it would run with now; an unfinished one's leftovers move to <seed>/failed/."""
+        todo = []
+        for job in jobs:
+            output, run_dir = job_outputs(job.cfg)
+            if output.is_file():
+                recorded = load_config(job.config) if job.config.is_file() else None
+                if recorded != job.cfg:
+                    raise SystemExit(
+                        f"--resume: {job.name} finished with another config than it would run with now "
+                        f"({job.config}); pass --overwrite to run seed {self.args.seed} again"
+                    )
+                print(f"  kept {job.name}: {output.parent}", flush=True)
+                self.kept.append(job.name)
+                continue
+            stale = [q for q in (run_dir, job.log) if q.exists()]
+            if stale:
+                dest = self.seed_dir / "failed" / f"{job.name}.{time.strftime('%Y%m%d-%H%M%S')}"
+                dest.mkdir(parents=True)
+                for q in stale:
+                    q.rename(dest / q.name)
+                print(f"  {job.name} did not finish earlier: its leftovers are in {dest}", flush=True)
+            todo.append(job)
+        return todo
 
     def settings(self) -> dict[str, Any]:
         a = self.args
@@ -294,10 +324,12 @@ class Miniature:
     def run(self) -> dict[str, Any]:
         if not self.shared_ready:  # else checked by the invocation that prepared `shared` for every seed
             self.check_shared()  # before anything is deleted
-        if self.seed_dir.exists():
+        if self.seed_dir.exists() and not self.args.resume:
             if not self.args.overwrite:
-                raise SystemExit(f"{self.seed_dir} holds an earlier run of seed {self.args.seed}; pass --overwrite "
-                                 "to replace it, or choose another --out or --seed")  # fmt: skip
+                raise SystemExit(
+                    f"{self.seed_dir} holds an earlier run of seed {self.args.seed}; pass --resume to continue it, "
+                    "--overwrite to replace it, or choose another --out or --seed"
+                )
             shutil.rmtree(self.seed_dir)
         start = time.perf_counter()
         if not self.shared_ready:
@@ -338,6 +370,7 @@ class Miniature:
             "selections": selections,
             "stages": self.stages,
             "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
+            "kept_from_earlier_run": self.kept,
             "environment": environment(),
             "args": {k: [str(x) for x in v] if isinstance(v, list) and v and isinstance(v[0], Path)
                      else str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
@@ -378,7 +411,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-multiples", type=int, nargs="+", default=None, help="eval lengths within the positions")
     p.add_argument("--long-eval-multiples", type=int, nargs="*", default=None, help="eval lengths past them")
     p.add_argument("--efficiency-multiples", type=int, nargs="+", default=None, help="cache/speed lengths")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same seed")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same seed")
+    again.add_argument("--resume", action="store_true",
+                       help="continue an earlier run of the same seed: finished steps with unchanged configs are "
+                            "kept, the others run (their leftovers move to <seed>/failed/)")  # fmt: skip
     p.add_argument("--plans", nargs="+", default=None, choices=PLAN_NAMES,
                    help="plans to compare (default: experiment.yaml's, else all)")  # fmt: skip
     p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: all plans on GPU, 1 on CPU)")
@@ -400,9 +437,9 @@ def _parallel_seeds(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
     runs = {seed: Miniature(argparse.Namespace(**{**vars(args), "seed": seed})) for seed in args.seeds}
     for m in runs.values():
         m.check_shared()
-        if m.seed_dir.exists() and not args.overwrite:
-            raise SystemExit(f"{m.seed_dir} holds an earlier run of seed {m.args.seed}; pass --overwrite to replace "
-                             "it, or choose another --out or --seeds")  # fmt: skip
+        if m.seed_dir.exists() and not (args.overwrite or args.resume):
+            raise SystemExit(f"{m.seed_dir} holds an earlier run of seed {m.args.seed}; pass --resume to continue "
+                             "it, --overwrite to replace it, or choose another --out or --seeds")  # fmt: skip
     runs[args.seeds[0]].prepare_shared()
     for m in runs.values():
         m.shared_ready = True  # made once above, not verified again by every seed at the same time

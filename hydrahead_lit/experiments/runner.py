@@ -38,6 +38,18 @@ def set_run_dir(cfg: dict, run_dir: Path) -> None:
         export["dirpath"] = str(run_dir / "student")
 
 
+def job_outputs(cfg: dict) -> tuple[Path, Path]:
+    """(the file whose presence marks the job finished, the job's own directory) of a stage or evaluation config:
+    a stage's exported student (written whole, then renamed into place) and its log directory; an evaluation's
+    results.json (written at its end) and its output directory."""
+    exports = callbacks(cfg, "ExportStudent")
+    if exports:
+        logger = cfg["trainer"]["logger"]["init_args"]
+        return Path(exports[0]["dirpath"]) / "config.json", Path(logger["save_dir"]) / logger["name"]
+    out = Path(cfg["model"]["init_args"]["output_dir"])
+    return out / "results.json", out
+
+
 def scale_steps(cfg: dict, scale: float) -> None:
     """Multiply `trainer.max_steps` (validation stays at the end of the run)."""
     t = cfg["trainer"]

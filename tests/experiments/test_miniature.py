@@ -344,3 +344,49 @@ def test_parallel_seeds_name_every_failing_seed_after_the_others_finish(tmp_path
     assert finished == [0]
     out = capsys.readouterr().out
     assert "[seed 1] failed: RuntimeError: job of seed 1 failed" in out and "[seed 2] failed" in out
+
+
+# ----- resuming an earlier run --------------------------------------------------------------------------------
+def test_resume_keeps_finished_steps_and_moves_the_leftovers_of_unfinished_ones(tmp_path) -> None:
+    import yaml
+
+    from hydrahead_lit.experiments.runner import job_outputs
+
+    m = make(tmp_path, *SMALL, "--resume")
+    done, failed = m.stage_jobs(2, {"hydrahead_7to1": {"head_selection": "selection_7to1.json"}, "all_la": {}})
+    for job in (done, failed):  # what run_jobs wrote when the earlier run started them
+        job.config.parent.mkdir(parents=True, exist_ok=True)
+        job.config.write_text(yaml.safe_dump(job.cfg, sort_keys=False))
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        job.log.write_text("earlier attempt\n")
+    export, _ = job_outputs(done.cfg)
+    export.parent.mkdir(parents=True)
+    export.write_text("{}")
+    _, run_dir = job_outputs(failed.cfg)
+    run_dir.mkdir(parents=True)
+    (run_dir / "events.out.tfevents.1").write_text("half a run")
+    assert [j.name for j in m._unfinished([done, failed])] == ["all_la_stage2"]
+    assert m.kept == ["hydrahead_7to1_stage2"] and export.is_file()
+    (moved,) = (m.seed_dir / "failed").iterdir()
+    assert moved.name.startswith("all_la_stage2.") and not run_dir.exists() and not failed.log.exists()
+    assert (moved / "stage2" / "events.out.tfevents.1").read_text() == "half a run"
+    assert (moved / "all_la_stage2.log").read_text() == "earlier attempt\n"  # nothing of the earlier run is lost
+
+
+def test_resume_refuses_a_finished_step_whose_config_changed(tmp_path) -> None:
+    import yaml
+
+    from hydrahead_lit.experiments.runner import job_outputs
+
+    (job,) = make(tmp_path, *SMALL).stage_jobs(3, {"all_la": {}})
+    job.config.parent.mkdir(parents=True)
+    job.config.write_text(yaml.safe_dump(job.cfg))
+    export, _ = job_outputs(job.cfg)
+    export.parent.mkdir(parents=True)
+    export.write_text("{}")
+    m = make(tmp_path, *SMALL, "--resume", "--steps-scale", "0.5")  # stage 3 would now run fewer steps
+    (again,) = m.stage_jobs(3, {"all_la": {}})
+    with pytest.raises(SystemExit, match="all_la_stage3 finished with another config .* pass --overwrite"):
+        m._unfinished([again])
+    with pytest.raises(SystemExit):
+        parse_args(["--resume", "--overwrite"])

@@ -110,3 +110,29 @@ def test_export_refuses_to_overwrite(tmp_path) -> None:
     with pytest.raises(ValueError, match="already holds an exported student"):
         ExportStudent().on_fit_start(trainer, None)
     ExportStudent(overwrite=True).on_fit_start(trainer, None)
+
+
+def test_export_appears_whole_and_replaces_only_when_written(student_dir, tmp_path, monkeypatch) -> None:
+    import hydrahead_lit as hh
+    from hydrahead_lit.callbacks import export as export_mod
+
+    out = tmp_path / "student"
+    out.mkdir()
+    (out / "config.json").write_text('{"earlier": true}')
+    trainer = SimpleNamespace(is_global_zero=True, strategy=SimpleNamespace(barrier=lambda *a: None),
+                              log_dir=str(tmp_path), default_root_dir=str(tmp_path))  # fmt: skip
+    module = SimpleNamespace(student=hh.load_student(str(student_dir)), tokenizer_source=None)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export_mod, "save_hf", crash)
+    with pytest.raises(OSError, match="disk full"):
+        ExportStudent(str(out), overwrite=True).export(trainer, module)
+    assert (out / "config.json").read_text() == '{"earlier": true}'  # the earlier export is untouched
+    monkeypatch.undo()
+    ExportStudent(str(out), overwrite=True).export(trainer, module)
+    assert hh.load_student(str(out)) is not None and (out / "README.md").is_file()
+    assert "earlier" not in (out / "config.json").read_text()
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".student.replaced-"))
+    assert leftovers == []  # the replaced export is gone; only a crashed write leaves its .partial- directory
