@@ -92,8 +92,9 @@ def check_data_fits_model(model: object, datamodule: object) -> None:
     if seq_len > limit:
         raise ValueError(
             f"data.seq_len={seq_len} exceeds the model's max_position_embeddings={limit} ({what}): it was never "
-            f"trained on positions past {limit} and evaluation refuses them; lower data.seq_len to <= {limit} (to "
-            "extend the context, raise max_position_embeddings and the RoPE scaling in the teacher's config first)"
+            f"trained on positions past {limit} and evaluation refuses them; lower data.seq_len to <= {limit}, or "
+            "extend the context: stage 3 (LongContextModule) takes model.max_position_embeddings, and for the other "
+            "stages raise max_position_embeddings (and the RoPE scaling) in the teacher's config first"
         )
     vocab = config.get("vocab_size")
     tokens = getattr(datamodule, "vocab_size", None)
