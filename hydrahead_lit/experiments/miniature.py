@@ -52,8 +52,11 @@ from hydrahead_lit.experiments.runner import (
 DEFAULT_CONFIGS = ROOT / "configs" / "miniature"
 DEFAULT_OUT = Path("runs/miniature")
 DEFAULT_TEACHER = ROOT / "data" / "demo" / "teacher"
+# A task the teacher gets right less often than this at the shortest length is left out of the evaluation: the
+# students' scores on it would measure the task, not the conversion.
+DEFAULT_MIN_TEACHER_ACCURACY = 0.25
 EXPERIMENT_KEYS = ("teacher", "corpus", "corpus_mb", "train_docs", "seq_len", "stage3_multiple", "eval_multiples",
-                   "long_eval_multiples", "efficiency_multiples", "plans")  # fmt: skip
+                   "long_eval_multiples", "efficiency_multiples", "plans", "min_teacher_accuracy")  # fmt: skip
 
 
 def budget(total_groups: int, ratio: float) -> tuple[int, float]:
@@ -132,6 +135,10 @@ class Miniature:
         self.stage3_len = int(pick("stage3_multiple") or 2) * self.n
         self.corpus_mb, self.train_docs = float(pick("corpus_mb") or 64), int(pick("train_docs") or 60000)
         a.plans = list(pick("plans") or PLAN_NAMES)
+        floor = pick("min_teacher_accuracy")
+        self.min_teacher_accuracy = DEFAULT_MIN_TEACHER_ACCURACY if floor is None else float(floor)
+        if not 0.0 <= self.min_teacher_accuracy <= 1.0:
+            raise SystemExit(f"min_teacher_accuracy must lie in [0, 1], got {self.min_teacher_accuracy}")
         unknown = sorted(set(a.plans) - set(PLAN_NAMES))
         if unknown:
             raise SystemExit(f"{self.configs / 'experiment.yaml'}: unknown plan(s) {unknown}; known: {PLAN_NAMES}")
@@ -210,7 +217,9 @@ class Miniature:
             jobs.append(self._job(f"{name}_stage{stage}", "fit", cfg, self.seed_dir))
         return jobs
 
-    def eval_job(self, name: str, checkpoint: Path, where: Path) -> Job:
+    def eval_job(self, name: str, checkpoint: Path, where: Path, screen: bool = False) -> Job:
+        """An evaluation job: the full one (the tasks the teacher passed the screening on), or with `screen` the
+        teacher's screening (every task of eval.yaml at the shortest length, nothing else)."""
         cfg = load_config(self.configs / "eval.yaml")
         cfg["trainer"]["logger"]["init_args"].update(save_dir=str(where / "eval"), name="tensorboard", version=name)
         if self.args.accelerator:
@@ -226,7 +235,38 @@ class Miniature:
         if self.args.eval_samples is not None:
             m["num_samples"] = self.args.eval_samples
             m["batch_size"] = min(m["batch_size"], self.args.eval_samples)
+        if screen:
+            m.update(lengths=[min(self.eval_lengths)], efficiency=False, held_out_dir=None)
+            m.pop("max_length", None)
+        elif self.tasks_record.is_file():
+            m["tasks"] = json.loads(self.tasks_record.read_text())["kept"]
         return self._job(f"eval_{name}", "test", cfg, where)
+
+    @property
+    def tasks_record(self) -> Path:
+        return self.shared / "tasks.json"
+
+    def screen_tasks(self) -> dict[str, Any]:
+        """Evaluate the teacher on every task at the shortest length first; keep the tasks it passes (accuracy at
+        least `min_teacher_accuracy`) for every evaluation of the experiment. Written to shared/tasks.json."""
+        if self.tasks_record.is_file():
+            return json.loads(self.tasks_record.read_text())
+        job = self.eval_job("teacher_screen", self.model_teacher, self.shared, screen=True)
+        self._timed("teacher screening", [job])
+        n = job.cfg["model"]["init_args"]["lengths"][0]
+        ruler = json.loads((Path(job.cfg["model"]["init_args"]["output_dir"]) / "results.json").read_text())["ruler"]
+        tasks = job.cfg["model"]["init_args"].get("tasks") or list(ruler)
+        scores = {t: float(ruler[t][str(n)]["score"]) / 100 for t in tasks}  # results hold percentages
+        kept = [t for t, v in scores.items() if v >= self.min_teacher_accuracy]
+        if not kept:
+            raise SystemExit(f"the teacher passes none of the tasks at {n} tokens (accuracy {scores}, needed "
+                             f">= {self.min_teacher_accuracy}): the evaluation would measure nothing; lower "
+                             "min_teacher_accuracy or choose other tasks in eval.yaml")  # fmt: skip
+        record = {"length": n, "teacher_accuracy": scores, "min_teacher_accuracy": self.min_teacher_accuracy,
+                  "kept": kept, "dropped": [t for t in scores if t not in kept]}  # fmt: skip
+        self.tasks_record.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"[teacher screening] at {n} tokens: {scores}; kept {kept}", flush=True)
+        return record
 
     # ----- the run ------------------------------------------------------------------------------------
     def _timed(self, phase: str, jobs: list[Job], parallel: int = 1) -> None:
@@ -274,7 +314,8 @@ class Miniature:
         else:
             corpus["train_docs"] = self.train_docs
         return {"teacher": str(self.teacher), "seq_len": self.n, "eval_samples": a.eval_samples, **corpus,
-                "stage3_len": self.stage3_len, "lengths": self.eval_lengths + self.long_lengths}  # fmt: skip
+                "stage3_len": self.stage3_len, "lengths": self.eval_lengths + self.long_lengths,
+                "min_teacher_accuracy": self.min_teacher_accuracy}  # fmt: skip
 
     def check_shared(self) -> None:
         """Lengths the teacher can be evaluated at, and the shared settings those of every earlier seed in `--out`
@@ -317,7 +358,8 @@ class Miniature:
             self.evaluate_teacher()
 
     def evaluate_teacher(self) -> None:
-        """The teacher's row of the report, made once per experiment directory."""
+        """The teacher's screening, then its row of the report; made once per experiment directory."""
+        self.screen_tasks()
         if not (self.shared / "eval" / "teacher" / "results.json").is_file():
             self._timed("teacher evaluation", [self.eval_job("teacher", self.model_teacher, self.shared)])
 
@@ -343,10 +385,10 @@ class Miniature:
             self._timed(f"stage {stage}", self.stage_jobs(stage, plan_args), self.parallel)
             for name in plan_args:
                 self.stages[f"{name} stage {stage}"] = last_scalars(self.seed_dir / name / f"stage{stage}")
+        if self.teacher_done is not None:
+            self.teacher_done.result()  # the evaluations take the screened tasks; the report, the teacher's row
         evals = [self.eval_job(n, self.seed_dir / n / "stage3" / "student", self.seed_dir) for n in plan_args]
         self._timed("evaluation", evals, self.parallel)
-        if self.teacher_done is not None:
-            self.teacher_done.result()  # the report compares with the teacher's row
         self.timings["seed total"] = time.perf_counter() - t_seed
         self.timings["total"] = time.perf_counter() - start
         return self.report(list(plan_args))
@@ -367,6 +409,7 @@ class Miniature:
             "teacher": str(self.teacher),
             "settings": self.settings(),
             "budgets": self.budgets(),
+            "tasks": json.loads(self.tasks_record.read_text()) if self.tasks_record.is_file() else None,
             "selections": selections,
             "stages": self.stages,
             "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
@@ -424,6 +467,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, default=None, help="override data loader workers")
     p.add_argument("--prepare-workers", type=int, default=1, help="tokenizer processes preparing the corpus")
     p.add_argument("--eval-samples", type=int, default=None, help="samples per task x length (config: eval.yaml)")
+    p.add_argument("--min-teacher-accuracy", type=float, default=None,
+                   help="keep the tasks the teacher passes at the shortest length with at least this accuracy "
+                        f"(experiment.yaml's; default {DEFAULT_MIN_TEACHER_ACCURACY})")  # fmt: skip
     p.add_argument("--probes", type=int, default=None, help="override every selection's num_probes (tests: small)")
     p.add_argument("--accelerator", default=None, help="trainer accelerator (configs: auto)")
     return p.parse_args(argv)

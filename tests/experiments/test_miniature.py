@@ -11,7 +11,7 @@ import yaml
 from hydrahead_lit.cli import main as cli_main
 from hydrahead_lit.experiments import miniature
 from hydrahead_lit.experiments.miniature import DEFAULT_TEACHER, Miniature, main, parse_args, plans
-from hydrahead_lit.experiments.runner import ROOT, callbacks
+from hydrahead_lit.experiments.runner import ROOT, callbacks, load_config
 
 ALL_PLANS = ["hydrahead_7to1", "hydrahead_3to1", "random_7to1", "layerwise_3to1", "layerwise_best", "layerwise_last",
              "all_la"]  # fmt: skip
@@ -390,3 +390,48 @@ def test_resume_refuses_a_finished_step_whose_config_changed(tmp_path) -> None:
         m._unfinished([again])
     with pytest.raises(SystemExit):
         parse_args(["--resume", "--overwrite"])
+
+
+# ----- the teacher's screening --------------------------------------------------------------------------------
+def _fake_screen(accuracy: dict[str, float], ran: list | None = None):
+    """A run_jobs that writes the screening's results.json as EvalModule would (scores in percent)."""
+
+    def run(jobs, parallel=1):
+        (job,) = jobs
+        if ran is not None:
+            ran.append(job)
+        m = job.cfg["model"]["init_args"]
+        n = str(m["lengths"][0])
+        out = Path(m["output_dir"])
+        out.mkdir(parents=True)
+        ruler = {t: {n: {"score": 100 * accuracy[t]}} for t in m["tasks"]}
+        (out / "results.json").write_text(json.dumps({"ruler": ruler}))
+        return {job.name: 1.0}
+
+    return run
+
+
+def test_screening_keeps_the_tasks_the_teacher_passes_at_the_shortest_length(tmp_path, monkeypatch) -> None:
+    m = make(tmp_path, *SMALL, "--min-teacher-accuracy", "0.25")
+    tasks = load_config(ROOT / "configs" / "miniature" / "eval.yaml")["model"]["init_args"]["tasks"]
+    accuracy = {t: 0.1 if i == 0 else 0.75 for i, t in enumerate(tasks)}  # the first task fails
+    ran = []
+    monkeypatch.setattr(miniature, "run_jobs", _fake_screen(accuracy, ran))
+    record = m.screen_tasks()
+    assert record["length"] == 256 and record["kept"] == tasks[1:] and record["dropped"] == tasks[:1]
+    screen = ran[0].cfg["model"]["init_args"]
+    assert screen["lengths"] == [256] and screen["efficiency"] is False and screen["held_out_dir"] is None
+    assert m.eval_job("all_la", tmp_path / "ckpt", m.seed_dir).cfg["model"]["init_args"]["tasks"] == tasks[1:]
+    monkeypatch.setattr(miniature, "run_jobs", lambda *a, **k: pytest.fail("screened twice"))
+    assert m.screen_tasks() == record  # made once per experiment directory
+
+
+def test_screening_refuses_a_teacher_that_passes_nothing(tmp_path, monkeypatch) -> None:
+    m = make(tmp_path, *SMALL, "--min-teacher-accuracy", "0.9")
+    tasks = load_config(ROOT / "configs" / "miniature" / "eval.yaml")["model"]["init_args"]["tasks"]
+    monkeypatch.setattr(miniature, "run_jobs", _fake_screen(dict.fromkeys(tasks, 0.85)))
+    with pytest.raises(SystemExit, match="passes none of the tasks at 256 tokens"):
+        m.screen_tasks()
+    assert not m.tasks_record.exists()
+    with pytest.raises(SystemExit, match=r"min_teacher_accuracy must lie in \[0, 1\]"):
+        make(tmp_path, "--min-teacher-accuracy", "2")

@@ -46,6 +46,9 @@ def test_miniature_on_a_gguf_teacher_and_the_python_corpus(tmp_path) -> None:
     stage3 = json.loads((seed_dir / "hydrahead_7to1" / "stage3" / "student" / "config.json").read_text())
     assert stage3["max_position_embeddings"] == 2048
     assert len(summary["selections"]["selection_7to1"]["chosen"]) == 1
+    # The teacher was screened at the shortest length first (configs/miniature keeps every task: floor 0).
+    assert summary["tasks"]["length"] == 256 and summary["tasks"]["dropped"] == []
+    assert summary["tasks"]["kept"] == result["config"]["tasks"]
     assert len(summary["selections"]["selection_3to1"]["chosen"]) == 2  # floor(9 / 4)
     assert (seed_dir / "stage1" / "selection_7to1.png").is_file()
     table = (seed_dir / "report" / "comparison.md").read_text()
