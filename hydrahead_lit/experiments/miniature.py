@@ -147,6 +147,7 @@ class Miniature:
         self.shared_ready = False  # set when another seed of the same invocation prepared `shared` already
         self.teacher_done: Future | None = None  # the teacher's evaluation, when it runs beside the seeds
         self.kept: list[str] = []  # jobs of an earlier run kept by --resume
+        self.slots: threading.Semaphore | None = None  # shared by seeds run at the same time: jobs in all
         self.stages: dict[str, dict[str, float]] = {}
 
     # ----- lengths and budgets -------------------------------------------------------------------------
@@ -274,7 +275,7 @@ class Miniature:
         if self.args.resume:
             jobs = self._unfinished(jobs)
         print(f"[seed {self.args.seed}: {phase}] {len(jobs)} job(s), {min(parallel, len(jobs))} at a time", flush=True)
-        run_jobs(jobs, parallel)
+        run_jobs(jobs, parallel, self.slots)
         self.timings[phase] = time.perf_counter() - start
 
     def _unfinished(self, jobs: list[Job]) -> list[Job]:
@@ -461,7 +462,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "kept, the others run (their leftovers move to <seed>/failed/)")  # fmt: skip
     p.add_argument("--plans", nargs="+", default=None, choices=PLAN_NAMES,
                    help="plans to compare (default: experiment.yaml's, else all)")  # fmt: skip
-    p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: all plans on GPU, 1 on CPU)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs at a time, with --parallel-seeds those of all seeds together (default: as many as "
+                        "plans on GPU, 1 on CPU)")  # fmt: skip
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every run's max_steps (tests: small)")
     p.add_argument("--batch-size", type=int, default=None, help="override every run's batch size (tests: small)")
     p.add_argument("--num-workers", type=int, default=None, help="override data loader workers")
@@ -487,8 +490,10 @@ def _parallel_seeds(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
             raise SystemExit(f"{m.seed_dir} holds an earlier run of seed {m.args.seed}; pass --resume to continue "
                              "it, --overwrite to replace it, or choose another --out or --seeds")  # fmt: skip
     runs[args.seeds[0]].prepare_shared()
+    slots = threading.BoundedSemaphore(runs[args.seeds[0]].parallel)  # --jobs counts the jobs of all seeds
     for m in runs.values():
         m.shared_ready = True  # made once above, not verified again by every seed at the same time
+        m.slots = slots
     with ThreadPoolExecutor(max_workers=len(runs) + 1) as pool:
         teacher = pool.submit(runs[args.seeds[0]].evaluate_teacher)
         for m in runs.values():

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -77,10 +79,28 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def run_jobs(jobs: list[Job], parallel: int = 1) -> dict[str, float]:
+def _start(job: Job, gpu: str | None, threads: int) -> tuple[subprocess.Popen, Any]:
+    """Write the job's config, open its log and start it (on `gpu`, when given)."""
+    job.config.parent.mkdir(parents=True, exist_ok=True)
+    job.config.write_text(yaml.safe_dump(job.cfg, sort_keys=False))
+    job.log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    log = job.log.open("w")
+    try:
+        return subprocess.Popen(job.argv(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log
+    except OSError:
+        log.close()
+        raise
+
+
+def run_jobs(jobs: list[Job], parallel: int = 1, slots: threading.Semaphore | None = None) -> dict[str, float]:
     """Run `jobs`, at most `parallel` at once, round-robin over the visible GPUs; returns seconds per job.
 
-    A failing job stops the others and raises a RuntimeError with its command and the end of its log.
+    `slots`, shared by several callers (e.g. the threads of seeds run at the same time), bounds the jobs they
+    run together: each job holds one while it runs. A failing job stops the others and raises a RuntimeError
+    with its command and the end of its log.
     """
     gpus = gpu_count()
     parallel = max(1, min(parallel, len(jobs)))
@@ -88,19 +108,13 @@ def run_jobs(jobs: list[Job], parallel: int = 1) -> dict[str, float]:
     pending, running, seconds = list(enumerate(jobs)), {}, {}
     try:
         while pending or running:
-            while pending and len(running) < parallel:
+            while pending and len(running) < parallel and (slots is None or slots.acquire(blocking=False)):
                 i, job = pending.pop(0)
-                job.config.parent.mkdir(parents=True, exist_ok=True)
-                job.config.write_text(yaml.safe_dump(job.cfg, sort_keys=False))
-                job.log.parent.mkdir(parents=True, exist_ok=True)
-                env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))
-                if gpus:
-                    env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-                log = job.log.open("w")
                 try:
-                    proc = subprocess.Popen(job.argv(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-                except OSError:
-                    log.close()
+                    proc, log = _start(job, str(i % gpus) if gpus else None, threads)
+                except BaseException:
+                    if slots is not None:
+                        slots.release()
                     raise
                 running[job.name] = (proc, log, job, time.perf_counter())
                 print(f"  started {job.name}: {' '.join(job.argv()[1:])}  (log: {job.log})", flush=True)
@@ -110,6 +124,8 @@ def run_jobs(jobs: list[Job], parallel: int = 1) -> dict[str, float]:
                     continue
                 log.close()
                 del running[name]
+                if slots is not None:
+                    slots.release()
                 seconds[name] = time.perf_counter() - start
                 if proc.returncode != 0:
                     tail = "\n".join(job.log.read_text(errors="replace").splitlines()[-30:])
@@ -121,6 +137,8 @@ def run_jobs(jobs: list[Job], parallel: int = 1) -> dict[str, float]:
             proc.kill()
             proc.wait()
             log.close()
+            if slots is not None:
+                slots.release()
     return seconds
 
 

@@ -305,13 +305,14 @@ def test_parallel_seeds_refuse_an_earlier_seed_before_anything_runs(tmp_path, mo
 def test_parallel_seeds_share_one_preparation_and_run_at_once(tmp_path, monkeypatch) -> None:
     import threading
 
-    prepared, teacher = [], []
+    prepared, teacher, slots_seen = [], [], {}
     together = threading.Barrier(4, timeout=10)  # fails unless the teacher's evaluation and the seeds run together
 
     def run(self) -> dict:
         together.wait()
         assert self.shared_ready  # the seeds do not prepare (or verify) the shared data again
         assert self.teacher_done is not None  # and wait for the teacher's row before their reports
+        assert self.slots is slots_seen.setdefault("slots", self.slots) is not None  # one job budget for all seeds
         return {"seed": self.args.seed}
 
     def evaluate_teacher(self) -> None:
@@ -396,7 +397,7 @@ def test_resume_refuses_a_finished_step_whose_config_changed(tmp_path) -> None:
 def _fake_screen(accuracy: dict[str, float], ran: list | None = None):
     """A run_jobs that writes the screening's results.json as EvalModule would (scores in percent)."""
 
-    def run(jobs, parallel=1):
+    def run(jobs, parallel=1, slots=None):
         (job,) = jobs
         if ran is not None:
             ran.append(job)

@@ -126,6 +126,25 @@ def test_run_jobs_one_at_a_time(tmp_path) -> None:
     assert start1 >= end0
 
 
+def test_shared_slots_bound_the_jobs_of_several_callers_together(tmp_path) -> None:
+    import threading
+
+    # Two callers (two seeds' threads) of 3 jobs each, each allowed 3 at a time, share 2 slots.
+    code = "import sys, time; t = time.time(); time.sleep(0.4); print(t, time.time())"
+    jobs = [[Script(tmp_path / f"seed{s}", f"j{i}", code) for i in range(3)] for s in range(2)]
+    slots = threading.BoundedSemaphore(2)
+    threads = [threading.Thread(target=run_jobs, args=(js, 3, slots)) for js in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spans = [tuple(map(float, j.log.read_text().split())) for js in jobs for j in js]
+    assert len(spans) == 6
+    overlap = max(sum(a <= t < b for a, b in spans) for t, _ in spans)  # jobs running when each one started
+    assert overlap <= 2, spans
+    assert slots.acquire(blocking=False) and slots.acquire(blocking=False)  # every slot was given back
+
+
 def test_run_jobs_spreads_jobs_over_gpus(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(runner, "gpu_count", lambda: 2)
     code = "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"
