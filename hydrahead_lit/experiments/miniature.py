@@ -10,10 +10,13 @@ the last gives the defaults of this command for that set (teacher, corpus, lengt
 
 1. `<out>/shared` (made once, reused by every seed): a `.gguf` teacher imported (float32, `shared/teacher`),
    the corpus prepared with the teacher's own tokenizer (procedural demo documents, Python sources and docs
-   of the installed packages, or `--data`/`--val-data`) at the training length, and the teacher's evaluation.
+   of the installed packages, or `--data`/`--val-data`) at the training length, the teacher's screening (every
+   task at the shortest length: the tasks it passes are the ones evaluated, `shared/tasks.json`) and its
+   evaluation.
 2. `<out>/seed<N>`: stage 1 once, with three head selections from the same scores (HydraHead 7:1 and 3:1,
    the best whole layers at the 3:1 budget); then stages 2 and 3 on the same budget for every plan of
-   `plans()` (side by side on a GPU, one process each); then every student evaluated with eval.yaml.
+   experiment.yaml's `plans` (side by side on a GPU, one process each); then every student evaluated with
+   eval.yaml. `--resume` continues a seed that stopped part-way; `--overwrite` starts it again.
 
 Lengths are multiples of the training length `seq_len` (experiment.yaml; `auto` = the teacher's
 max_position_embeddings over the largest evaluation multiple): stage 3 at `stage3_multiple`, evaluation at
@@ -135,13 +138,13 @@ class Miniature:
         self.stage3_len = int(pick("stage3_multiple") or 2) * self.n
         self.corpus_mb, self.train_docs = float(pick("corpus_mb") or 64), int(pick("train_docs") or 60000)
         a.plans = list(pick("plans") or PLAN_NAMES)
+        unknown = sorted(set(a.plans) - set(PLAN_NAMES))
+        if unknown:
+            raise SystemExit(f"{self.configs / 'experiment.yaml'}: unknown plan(s) {unknown}; known: {PLAN_NAMES}")
         floor = pick("min_teacher_accuracy")
         self.min_teacher_accuracy = DEFAULT_MIN_TEACHER_ACCURACY if floor is None else float(floor)
         if not 0.0 <= self.min_teacher_accuracy <= 1.0:
             raise SystemExit(f"min_teacher_accuracy must lie in [0, 1], got {self.min_teacher_accuracy}")
-        unknown = sorted(set(a.plans) - set(PLAN_NAMES))
-        if unknown:
-            raise SystemExit(f"{self.configs / 'experiment.yaml'}: unknown plan(s) {unknown}; known: {PLAN_NAMES}")
         self.parallel = a.jobs or (len(a.plans) if gpu_count() else 1)
         self.timings: dict[str, float] = {}
         self.shared_ready = False  # set when another seed of the same invocation prepared `shared` already
@@ -364,15 +367,18 @@ class Miniature:
         if not (self.shared / "eval" / "teacher" / "results.json").is_file():
             self._timed("teacher evaluation", [self.eval_job("teacher", self.model_teacher, self.shared)])
 
+    def check_earlier_run(self) -> None:
+        """SystemExit when the seed's directory holds an earlier run and neither --resume nor --overwrite says
+        what to do with it."""
+        if self.seed_dir.exists() and not (self.args.resume or self.args.overwrite):
+            raise SystemExit(f"{self.seed_dir} holds an earlier run of seed {self.args.seed}; pass --resume to "
+                             "continue it, --overwrite to replace it, or choose another --out or --seed")  # fmt: skip
+
     def run(self) -> dict[str, Any]:
         if not self.shared_ready:  # else checked by the invocation that prepared `shared` for every seed
             self.check_shared()  # before anything is deleted
-        if self.seed_dir.exists() and not self.args.resume:
-            if not self.args.overwrite:
-                raise SystemExit(
-                    f"{self.seed_dir} holds an earlier run of seed {self.args.seed}; pass --resume to continue it, "
-                    "--overwrite to replace it, or choose another --out or --seed"
-                )
+        self.check_earlier_run()
+        if self.seed_dir.exists() and self.args.overwrite:
             shutil.rmtree(self.seed_dir)
         start = time.perf_counter()
         if not self.shared_ready:
@@ -486,9 +492,7 @@ def _parallel_seeds(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
     runs = {seed: Miniature(argparse.Namespace(**{**vars(args), "seed": seed})) for seed in args.seeds}
     for m in runs.values():
         m.check_shared()
-        if m.seed_dir.exists() and not (args.overwrite or args.resume):
-            raise SystemExit(f"{m.seed_dir} holds an earlier run of seed {m.args.seed}; pass --resume to continue "
-                             "it, --overwrite to replace it, or choose another --out or --seeds")  # fmt: skip
+        m.check_earlier_run()
     runs[args.seeds[0]].prepare_shared()
     slots = threading.BoundedSemaphore(runs[args.seeds[0]].parallel)  # --jobs counts the jobs of all seeds
     for m in runs.values():
@@ -499,7 +503,7 @@ def _parallel_seeds(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
         for m in runs.values():
             m.teacher_done = teacher
         futures = {seed: pool.submit(m.run) for seed, m in runs.items()}
-    failed = {seed: f.exception() for seed, f in futures.items() if f.exception() is not None}
+    failed = {seed: err for seed, f in futures.items() if (err := f.exception()) is not None}
     for seed, err in failed.items():  # every failing seed is named, not only the first
         print(f"[seed {seed}] failed: {type(err).__name__}: {err}", flush=True)
     if failed:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TextIO
 
 import yaml
 
@@ -79,7 +79,7 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _start(job: Job, gpu: str | None, threads: int) -> tuple[subprocess.Popen, Any]:
+def _start(job: Job, gpu: str | None, threads: int) -> tuple[subprocess.Popen, TextIO]:
     """Write the job's config, open its log and start it (on `gpu`, when given)."""
     job.config.parent.mkdir(parents=True, exist_ok=True)
     job.config.write_text(yaml.safe_dump(job.cfg, sort_keys=False))
