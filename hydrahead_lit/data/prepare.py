@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hydrahead_lit.data.manifest import Manifest, tokenizer_fingerprint
-from hydrahead_lit.data.sources import Shard, expand_inputs, file_kind, make_shards, read_documents
+from hydrahead_lit.data.sources import SHARD_BYTES, Shard, expand_inputs, file_kind, make_shards, read_documents
 
 DEFAULT_CHUNK_BLOCKS = 256  # 256 x 4097 tokens ~ 4 MB (int32) per chunk at seq_len 4096
 
@@ -121,7 +121,7 @@ def _check_output(output: Path, overwrite: bool) -> None:
 
 def prepare_corpus(inputs: list[str] | str, output_dir: str | Path, tokenizer, seq_len: int,
                    text_field: str = "text", num_workers: int = 1, overwrite: bool = False,
-                   chunk_blocks: int = DEFAULT_CHUNK_BLOCKS, shard_bytes: int = 64 << 20,
+                   chunk_blocks: int = DEFAULT_CHUNK_BLOCKS, shard_bytes: int = SHARD_BYTES,
                    start_method: str | None = None) -> Manifest:  # fmt: skip
     """Tokenize ``inputs`` (paths/dirs/globs of .txt/.jsonl/.parquet, optionally .gz) into ``output_dir``.
 

@@ -85,7 +85,14 @@ class Shard:
         return self.path if self.end < 0 else f"{self.path}[{self.start}:{self.end}]"
 
 
-def make_shards(files: list[Path], shard_bytes: int = 64 << 20) -> list[Shard]:
+# A JSONL file is cut into byte ranges of this size, the units of parallel tokenization: small enough that
+# a corpus of a few tens of MiB gives every worker a shard (64 MiB left 8 workers with 2 shards), large
+# enough that the short chunk each shard ends with is a negligible share of the rows. The cut depends on
+# the file's size only, so the prepared corpus is the same for any number of workers.
+SHARD_BYTES = 8 << 20
+
+
+def make_shards(files: list[Path], shard_bytes: int = SHARD_BYTES) -> list[Shard]:
     """Split ``files`` into shards of about ``shard_bytes`` (JSONL) or one row group (Parquet)."""
     shards: list[Shard] = []
     for p in files:

@@ -99,6 +99,20 @@ def test_parquet_and_text_field(corpus, demo_tok, tmp_path):
     assert _stream(tmp_path / "c") == _expected(demo_tok, docs_c, tmp_path / "c")
 
 
+def test_sharded_jsonl_is_the_same_for_any_number_of_workers(tmp_path, demo_tok):
+    # The shards of one file are prepared by several workers; the corpus must not depend on how many.
+    docs = list(demo_documents(30, seed=4))
+    src = _write_jsonl(tmp_path / "d.jsonl", docs)
+    shard_bytes = src.stat().st_size // 5 + 1
+    assert len(make_shards([src], shard_bytes)) == 5
+    one = prepare_corpus([str(src)], tmp_path / "one", demo_tok, SEQ, chunk_blocks=4, shard_bytes=shard_bytes)
+    three = prepare_corpus([str(src)], tmp_path / "three", demo_tok, SEQ, chunk_blocks=4, shard_bytes=shard_bytes,
+                           num_workers=3)  # fmt: skip
+    assert _stream(tmp_path / "three") == _stream(tmp_path / "one") == _expected(demo_tok, docs, tmp_path / "one")
+    assert (three.num_tokens, three.num_documents, three.num_chunks) == (one.num_tokens, one.num_documents,
+                                                                         one.num_chunks)  # fmt: skip
+
+
 def test_jsonl_byte_ranges_cover_every_line_once(tmp_path):
     docs = [f"document {i} " + "x" * (i % 7) for i in range(200)]
     path = _write_jsonl(tmp_path / "d.jsonl", docs)
