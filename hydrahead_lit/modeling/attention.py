@@ -257,7 +257,7 @@ class HybridAttention(nn.Module):
             if cache_layer is not None:
                 raise ValueError("twin (stage-1) attention does not decode with a cache")
             return self._twin_forward(hidden_states, cos, sin, attention_mask, token_valid, probe, **kwargs), None
-        if probe is not None and probe.patched_heads(self.layer_idx):
+        if probe is not None and probe.patches(self.layer_idx):
             raise ValueError(
                 f"layer {self.layer_idx} has no LA twins to patch in: activation patching needs the stage-1 twin "
                 "model (hh.convert(teacher, None, twins=True))"
@@ -299,8 +299,16 @@ class HybridAttention(nn.Module):
         la = self.fusion.la(self.la(x.detach(), cos, sin, valid=token_valid))
         if probe.alignment:
             probe.record_alignment(self.layer_idx, fa.detach(), la)
-        heads = probe.patched_heads(self.layer_idx)
-        if heads:  # activation patching: these heads' FA outputs become their LA twins'
+        heads, blocks = probe.patched_heads(self.layer_idx), probe.patched_blocks(self.layer_idx)
+        if heads or blocks:  # activation patching: these heads' FA outputs become their LA twins'
             fa = fa.clone()
-            fa[:, :, heads] = la[:, :, heads].to(fa.dtype)
+            if heads:
+                fa[:, :, heads] = la[:, :, heads].to(fa.dtype)
+            if blocks:
+                if B % len(blocks):
+                    raise ValueError(f"a batch of {B} rows does not split into {len(blocks)} patch blocks")
+                n = B // len(blocks)
+                for k, block_heads in enumerate(blocks):
+                    rows = slice(k * n, (k + 1) * n)
+                    fa[rows, :, block_heads] = la[rows, :, block_heads].to(fa.dtype)
         return self.o_proj(fa.reshape(B, T, -1))

@@ -24,6 +24,9 @@ class AttentionProbe:
     - `alignment`: twin layers record (teacher head outputs, detached; LA twin outputs), each [B, T, H, D].
     - `rows`: query positions [R] whose FA softmax attention rows to record, [B, H_fa, R, T] per layer.
     - `patch`: {layer: heads} whose FA outputs are replaced by their LA twins' (twin layers only).
+    - `patch_blocks`: {layer: [heads of block 0, heads of block 1, ...]}: the batch is that many equal blocks
+      of rows, and block k has its own heads patched. Activation patching scores several KV groups of one
+      layer in one forward this way, each on its own copy of the probes.
 
     A plain class on purpose, not a dataclass: FSDP2 rebuilds dataclass arguments of a forward (to cast
     or move their tensors), so the layers would record into a copy the caller never sees.
@@ -34,12 +37,18 @@ class AttentionProbe:
         alignment: bool = False,
         rows: Tensor | None = None,
         patch: Mapping[int, Sequence[int]] | None = None,
+        patch_blocks: Mapping[int, Sequence[Sequence[int]]] | None = None,
     ) -> None:
         if rows is not None and (rows.dim() != 1 or rows.is_floating_point()):
             raise ValueError(f"probe rows must be a 1-D tensor of positions, got shape {tuple(rows.shape)}")
         self.alignment = bool(alignment)
         self.rows = rows
         self.patch = {int(layer): [int(h) for h in heads] for layer, heads in (patch or {}).items()}
+        self.patch_blocks = {
+            int(layer): [[int(h) for h in heads] for heads in blocks] for layer, blocks in (patch_blocks or {}).items()
+        }
+        if both := sorted(set(self.patch) & set(self.patch_blocks)):
+            raise ValueError(f"layer(s) {both} in both patch and patch_blocks: give each layer one of them")
         self.alignments: dict[int, tuple[Tensor, Tensor]] = {}
         self.attention: dict[int, Tensor] = {}
 
@@ -47,15 +56,22 @@ class AttentionProbe:
         rows = None if self.rows is None else self.rows.numel()
         return (
             f"AttentionProbe(alignment={self.alignment}, rows={rows}, patch={self.patch}, "
+            f"patch_blocks={self.patch_blocks}, "
             f"recorded alignments={sorted(self.alignments)}, attention={sorted(self.attention)})"
         )
 
     def patched_heads(self, layer: int) -> list[int]:
         return self.patch.get(layer, [])
 
+    def patched_blocks(self, layer: int) -> list[list[int]]:
+        return self.patch_blocks.get(layer, [])
+
+    def patches(self, layer: int) -> bool:
+        return bool(self.patched_heads(layer)) or any(self.patched_blocks(layer))
+
     def needs_twins(self, layer: int) -> bool:
         """Whether a twin layer must run its LA twins in this forward (their output is otherwise unused)."""
-        return self.alignment or bool(self.patched_heads(layer))
+        return self.alignment or self.patches(layer)
 
     def record_alignment(self, layer: int, fa: Tensor, la: Tensor) -> None:
         self.alignments.setdefault(layer, (fa, la))
