@@ -6,7 +6,8 @@ on the same stage-1 twin model and probes (the selection's: passkey, single and 
 as the selection callback does; the table gives the time of each, the speed-up and the largest difference
 of their NLL effects.
 
-    python benchmarks/bench_patching.py                                  # a random model of SmolLM2-135M's shape
+    python benchmarks/bench_patching.py --layers 8 --probes 4 --batch-size 4   # CPU, a few minutes: a random
+                                                          # model of SmolLM2-135M's layer shape, 8 layers
     python benchmarks/bench_patching.py --teacher models/smollm2-135m    # or a real teacher (a directory or .gguf)
     python benchmarks/bench_patching.py --length 1024 --probes 24 --markdown patching.md   # on a GPU
 """
@@ -30,11 +31,11 @@ from hydrahead_lit.selection import batch_probes, make_probes, patching_effects 
 from hydrahead_lit.selection.patching import patching_effects_reference  # noqa: E402
 
 
-def smollm2_shaped(vocab_size: int) -> torch.nn.Module:
+def smollm2_shaped(vocab_size: int, layers: int = 30) -> torch.nn.Module:
     """A random LlamaForCausalLM with SmolLM2-135M's layers (30 x 9 heads, 3 KV heads, hidden 576)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
                       rope_theta=1e5, tie_word_embeddings=True)  # fmt: skip
     return LlamaForCausalLM(cfg)
@@ -56,6 +57,7 @@ def main() -> None:
     p.add_argument("--length", type=int, default=256, help="probe length in tokens (the SmolLM2 config: 1024)")
     p.add_argument("--probes", type=int, default=8, help="number of probes (the SmolLM2 config: 24)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--layers", type=int, default=30, help="layers of the random model (fewer: a quick CPU run)")
     p.add_argument("--max-rows", type=int, default=32, help="rows per forward of the fast path")
     p.add_argument("--markdown", help="write the table to this file too")
     args = p.parse_args()
@@ -70,7 +72,8 @@ def main() -> None:
 
         torch.manual_seed(0)
         tok = demo_tokenizer()
-        teacher, what = smollm2_shaped(len(tok)), "random, SmolLM2-135M's shape, demo tokenizer"
+        teacher = smollm2_shaped(len(tok), args.layers)
+        what = f"random, SmolLM2-135M's layer shape, {args.layers} layers, demo tokenizer"
     twin = hh.convert(teacher.eval(), None, twins=True).to(device).eval()
     probes = make_probes(tok, ["niah_multikey", "niah_single", "passkey"], args.length, args.probes, seed=0)
     batches = batch_probes(probes, args.batch_size)
@@ -92,7 +95,7 @@ def main() -> None:
         f"batches of {args.batch_size}; float32",
         f"- command: `python benchmarks/bench_patching.py {shlex.join(sys.argv[1:])}`",
         "",
-        "| path | forwards per batch | time (s) | speed-up | max NLL-effect difference | max accuracy-effect difference |",
+        "| path | forwards per batch | time (s) | speed-up | max NLL-effect diff | max accuracy-effect diff |",
         "| --- | --- | --- | --- | --- | --- |",
         f"| reference: a whole forward per group | {1 + L * G} of {L} layers | {t_ref:.2f} | 1.00 | | |",
         f"| fast: replayed prefix, groups batched (max_rows {args.max_rows}) | 1 + {L} of {L}..1 layers "
