@@ -52,14 +52,16 @@ def _row_stats(model: nn.Module, input_ids: Tensor, batch: ProbeBatch, probe: At
     return nll.double().view(blocks, B, -1).sum((1, 2)), right.double().view(blocks, B, -1).sum((1, 2))
 
 
-def _check_twins(model: nn.Module) -> list:
+def _twin_shape(model: nn.Module) -> tuple[torch.device, int, int, int]:
+    """(device, query heads per KV group, layers L, KV groups G) of a stage-1 twin model; an error otherwise."""
     attns = hybrid_attentions(model)
     if not all(attn.twins for attn in attns):
         raise ValueError(
             "activation patching needs the stage-1 twin model (hh.convert(teacher, None, twins=True), trained "
             "in stage 1): a hybrid student has no FA output to replace in its LA heads"
         )
-    return attns
+    gs = attns[0].num_key_value_groups
+    return model_device(model), gs, len(attns), model.config.num_attention_heads // gs
 
 
 @torch.no_grad()
@@ -76,10 +78,7 @@ def patching_effects(
     A forward holds at most `max_rows` rows (several groups' copies of one probe batch), at least one copy.
     The recorded layer inputs of one probe batch stay on the device: L x B x T x hidden values.
     """
-    attns = _check_twins(model)
-    device = model_device(model)
-    gs = attns[0].num_key_value_groups
-    L, G = len(attns), model.config.num_attention_heads // gs
+    device, gs, L, G = _twin_shape(model)
     d_nll = torch.zeros(L, G, dtype=torch.float64)
     d_acc = torch.zeros(L, G, dtype=torch.float64)
     n_tokens = 0
@@ -109,10 +108,7 @@ def patching_effects_reference(
     model: nn.Module, probes: Sequence[RetrievalSample] | Sequence[ProbeBatch], batch_size: int = 8
 ) -> dict[str, Tensor]:
     """`patching_effects` the plain way: one whole forward per (layer, KV group) and probe batch."""
-    attns = _check_twins(model)
-    device = model_device(model)
-    gs = attns[0].num_key_value_groups
-    L, G = len(attns), model.config.num_attention_heads // gs
+    device, gs, L, G = _twin_shape(model)
     d_nll = torch.zeros(L, G, dtype=torch.float64)
     d_acc = torch.zeros(L, G, dtype=torch.float64)
     n_tokens = 0
