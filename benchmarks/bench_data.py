@@ -6,6 +6,8 @@
    ``--loader-workers`` (default 2) workers; tokens/s delivered to a consumer that only touches
    each batch, with 0 and 10% synthetic retrieval rows. The first batch (worker start-up) is
    excluded from the rate.
+3. With ``--python-corpus-mb N``: one JSONL file of N MiB of installed Python sources (the miniature's
+   ``--corpus python``), prepared with JSONL shards of 64 MiB (the old cut) and of ``SHARD_BYTES``.
 
     python benchmarks/bench_data.py --markdown data.md [--tokenizer /models/Qwen3-1.7B]
 """
@@ -25,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hydrahead_lit.data.demo import write_demo_corpus  # noqa: E402
-from hydrahead_lit.data.prepare import prepare_corpus  # noqa: E402
+from hydrahead_lit.data.prepare import load_tokenizer, prepare_corpus  # noqa: E402
+from hydrahead_lit.data.sources import SHARD_BYTES, make_shards  # noqa: E402
 from hydrahead_lit.lit.datamodule import TokenDataModule  # noqa: E402
 
 
@@ -33,6 +36,26 @@ def bench_prepare(src: Path, out: Path, tokenizer: str, seq_len: int, workers: i
     t0 = time.perf_counter()
     m = prepare_corpus([str(src)], out, tokenizer, seq_len, num_workers=workers, overwrite=True)
     return m.num_tokens, time.perf_counter() - t0
+
+
+def bench_python_jsonl(work: Path, tokenizer: str, seq_len: int, workers: int, mb: int) -> list[str]:
+    """Rows of the one-JSONL preparation at two shard sizes (the file is written once, not counted)."""
+    from hydrahead_lit.experiments.corpus import write_python_corpus
+
+    write_python_corpus(work / "py", mb << 20)
+    src = work / "py" / "train.jsonl"
+    tok = load_tokenizer(tokenizer)
+    rows = []
+    for shard_bytes in (64 << 20, SHARD_BYTES):
+        n_shards = len(make_shards([src], shard_bytes))
+        t0 = time.perf_counter()
+        m = prepare_corpus([str(src)], work / "py_prepared", tok, seq_len, num_workers=workers, overwrite=True,
+                           shard_bytes=shard_bytes)  # fmt: skip
+        secs = time.perf_counter() - t0
+        rows.append(f"| prepare one {src.stat().st_size / 2**20:.0f} MiB Python JSONL, {shard_bytes >> 20} MiB shards "
+                    f"({n_shards}), {workers} worker(s) | {m.num_tokens:,} tokens in {secs:.1f} s | "
+                    f"{m.num_tokens / secs:,.0f} | {m.num_tokens / secs / workers:,.0f} |")  # fmt: skip
+    return rows
 
 
 def bench_stream(directory: Path, tokenizer: str, seq_len: int, workers: int, batch_size: int,
@@ -66,6 +89,7 @@ def main() -> None:
     p.add_argument("--loader-workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-batches", type=int, default=400)
+    p.add_argument("--python-corpus-mb", type=int, default=0, help="also prepare a Python-source JSONL of this size")
     p.add_argument("--markdown", help="write the result table to this file too")
     args = p.parse_args()
 
@@ -82,6 +106,8 @@ def main() -> None:
             rows.append(
                 f"| prepare, {w} worker(s) | {n_tok:,} tokens in {secs:.1f} s | {rate:,.0f} | {rate / w:,.0f} |"
             )
+        if args.python_corpus_mb:
+            rows += bench_python_jsonl(work, args.tokenizer, args.seq_len, args.prep_workers, args.python_corpus_mb)
         for synthetic, mixture in ((0.0, False), (0.1, False), (0.0, True)):
             n_tok, secs, n = bench_stream(work / "prepared", args.tokenizer, args.seq_len, args.loader_workers,
                                           args.batch_size, synthetic, args.max_batches, mixture)  # fmt: skip
