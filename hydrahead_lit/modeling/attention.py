@@ -299,16 +299,12 @@ class HybridAttention(nn.Module):
         la = self.fusion.la(self.la(x.detach(), cos, sin, valid=token_valid))
         if probe.alignment:
             probe.record_alignment(self.layer_idx, fa.detach(), la)
-        heads, blocks = probe.patched_heads(self.layer_idx), probe.patched_blocks(self.layer_idx)
-        if heads or blocks:  # activation patching: these heads' FA outputs become their LA twins'
-            fa = fa.clone()
-            if heads:
-                fa[:, :, heads] = la[:, :, heads].to(fa.dtype)
-            if blocks:
-                if B % len(blocks):
-                    raise ValueError(f"a batch of {B} rows does not split into {len(blocks)} patch blocks")
-                n = B // len(blocks)
-                for k, block_heads in enumerate(blocks):
-                    rows = slice(k * n, (k + 1) * n)
-                    fa[rows, :, block_heads] = la[rows, :, block_heads].to(fa.dtype)
+        blocks = probe.patched_blocks(self.layer_idx)
+        if blocks:  # activation patching: in each block of rows, its heads' FA outputs become their LA twins'
+            if B % len(blocks):
+                raise ValueError(f"a batch of {B} rows does not split into {len(blocks)} patch blocks")
+            fa, n = fa.clone(), B // len(blocks)
+            for k, heads in enumerate(blocks):
+                rows = slice(k * n, (k + 1) * n)
+                fa[rows, :, heads] = la[rows, :, heads].to(fa.dtype)
         return self.o_proj(fa.reshape(B, T, -1))

@@ -26,7 +26,8 @@ class AttentionProbe:
     - `patch`: {layer: heads} whose FA outputs are replaced by their LA twins' (twin layers only).
     - `patch_blocks`: {layer: [heads of block 0, heads of block 1, ...]}: the batch is that many equal blocks
       of rows, and block k has its own heads patched. Activation patching scores several KV groups of one
-      layer in one forward this way, each on its own copy of the probes.
+      layer in one forward this way, each on its own copy of the probes. `patch={l: heads}` is the case of
+      one block, `patch_blocks={l: [heads]}`, and is stored so.
 
     A plain class on purpose, not a dataclass: FSDP2 rebuilds dataclass arguments of a forward (to cast
     or move their tensors), so the layers would record into a copy the caller never sees.
@@ -43,31 +44,30 @@ class AttentionProbe:
             raise ValueError(f"probe rows must be a 1-D tensor of positions, got shape {tuple(rows.shape)}")
         self.alignment = bool(alignment)
         self.rows = rows
-        self.patch = {int(layer): [int(h) for h in heads] for layer, heads in (patch or {}).items()}
-        self.patch_blocks = {
-            int(layer): [[int(h) for h in heads] for heads in blocks] for layer, blocks in (patch_blocks or {}).items()
-        }
-        if both := sorted(set(self.patch) & set(self.patch_blocks)):
+        patch, patch_blocks = patch or {}, patch_blocks or {}
+        if both := sorted(set(map(int, patch)) & set(map(int, patch_blocks))):
             raise ValueError(f"layer(s) {both} in both patch and patch_blocks: give each layer one of them")
+        blocks = {**{layer: [heads] for layer, heads in patch.items()}, **patch_blocks}
+        self.patch_blocks = {
+            int(layer): [[int(h) for h in heads] for heads in layer_blocks] for layer, layer_blocks in blocks.items()
+        }
         self.alignments: dict[int, tuple[Tensor, Tensor]] = {}
         self.attention: dict[int, Tensor] = {}
 
     def __repr__(self) -> str:
         rows = None if self.rows is None else self.rows.numel()
         return (
-            f"AttentionProbe(alignment={self.alignment}, rows={rows}, patch={self.patch}, "
-            f"patch_blocks={self.patch_blocks}, "
+            f"AttentionProbe(alignment={self.alignment}, rows={rows}, patch_blocks={self.patch_blocks}, "
             f"recorded alignments={sorted(self.alignments)}, attention={sorted(self.attention)})"
         )
 
-    def patched_heads(self, layer: int) -> list[int]:
-        return self.patch.get(layer, [])
-
     def patched_blocks(self, layer: int) -> list[list[int]]:
-        return self.patch_blocks.get(layer, [])
+        """The heads to patch in each block of rows of `layer` (empty: the layer is not patched)."""
+        blocks = self.patch_blocks.get(layer, [])
+        return blocks if any(blocks) else []
 
     def patches(self, layer: int) -> bool:
-        return bool(self.patched_heads(layer)) or any(self.patched_blocks(layer))
+        return bool(self.patched_blocks(layer))
 
     def needs_twins(self, layer: int) -> bool:
         """Whether a twin layer must run its LA twins in this forward (their output is otherwise unused)."""

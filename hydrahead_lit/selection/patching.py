@@ -29,19 +29,10 @@ from hydrahead_lit.selection.retrieval import as_batches, hybrid_attentions, mod
 PATCHING_METRICS = ("nll", "accuracy")
 
 
-def _answer_stats(
-    model: nn.Module, batch: ProbeBatch, patch: dict[int, list[int]] | None = None
-) -> tuple[float, float]:
-    """(summed NLL, number right) over the batch's scored answer tokens, teacher-forced, with the FA outputs
-    of `patch` ({layer: heads}) replaced by their LA twins'."""
-    probe = AttentionProbe(patch=patch) if patch else None
-    nll, right = _row_stats(model, batch.input_ids, batch, probe)
-    return float(nll.sum()), float(right.sum())
-
-
 def _row_stats(model: nn.Module, input_ids: Tensor, batch: ProbeBatch, probe: AttentionProbe | None,
                blocks: int = 1) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Per block of `input_ids` (`blocks` copies of the batch): (summed answer NLL, number right), float64 [blocks]."""
+    """Per block of `input_ids` (`blocks` copies of the batch): (summed answer NLL, number right) over the scored
+    answer tokens, teacher-forced, float64 [blocks]."""
     out = model(input_ids=input_ids, use_cache=False, logits_to_keep=batch.rows, attention_probe=probe)
     logits = out.logits.float()
     targets = batch.targets.repeat(blocks, 1)
@@ -114,12 +105,13 @@ def patching_effects_reference(
     n_tokens = 0
     for batch in as_batches(probes, batch_size):
         batch = batch.to(device)
-        base_nll, base_right = _answer_stats(model, batch)
+        base_nll, base_right = _row_stats(model, batch.input_ids, batch, None)
         for layer in range(L):
             for g in range(G):
-                nll, right = _answer_stats(model, batch, {layer: list(range(g * gs, (g + 1) * gs))})
-                d_nll[layer, g] += nll - base_nll
-                d_acc[layer, g] += base_right - right
+                probe = AttentionProbe(patch={layer: list(range(g * gs, (g + 1) * gs))})
+                nll, right = _row_stats(model, batch.input_ids, batch, probe)
+                d_nll[layer, g] += (nll - base_nll).item()
+                d_acc[layer, g] += (base_right - right).item()
         n_tokens += batch.num_tokens
     return {"nll": (d_nll / n_tokens).float(), "accuracy": (d_acc / n_tokens).float()}
 
