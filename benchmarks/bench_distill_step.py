@@ -2,19 +2,20 @@
 measurement machinery `bench_student_step.py` shares (time marks, cells that record failures, batch search).
 
 One step is `DistillationModule._loss` (the frozen teacher's forward without gradients, the student's
-forward, then `chunked_logit_losses`: KL(teacher || student) and CE a chunk of tokens at a time, each
-chunk's logits recomputed in the backward pass) followed by `loss.backward()`. The loss weights, the
+forward, then `logit_losses`: KL(teacher || student) and CE a chunk of tokens at a time, each chunk's
+gradients taken in the forward pass; with the module's `fused_loss` off, the autograd reference that
+recomputes each chunk in the backward pass) followed by `loss.backward()`. The loss weights, the
 temperature and the chunk size come from a stage-2 config (`configs/<model>/stage2.yaml`); the student's
 activation checkpointing is applied by `hydrahead_lit.parallel.parallelize`, as `configure_model` does.
 
 The split is read from the same step: forward hooks mark where the teacher's and the student's forwards
 begin and end, and a gradient hook on the student's final hidden state marks where the loss's backward
-(every chunk recomputed and differentiated) hands over to the student's backward. So
+hands over to the student's backward. So
 
 - teacher ms = the teacher's forward;
 - student ms = the student's forward + its backward from the final hidden state down (recomputation of
   checkpointed blocks included);
-- loss ms = the chunked losses' forward + their backward (logit recomputation included).
+- loss ms = the logit losses' forward + their backward (with the reference, the chunks' recomputation).
 
 Their sum is the step up to the batch split and the Python between the marks. Not included: the optimizer step,
 gradient clipping and FSDP2's communication and casts (one device, parameters already in the compute

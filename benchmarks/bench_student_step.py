@@ -10,7 +10,7 @@ from the tokens per step that fitted at the shorter one):
   the comparison) and each student (`--plans`: LA:FA ratios, the same FA KV groups in every layer). The
   loss is the mean square of the last hidden state, so the vocabulary projection is left out;
 - the stage-2 distillation step exactly as `DistillationModule` runs it (`bench_distill_step.py`): teacher
-  forward without gradients + student forward/backward + the chunked KL of `lit/losses.py`, with the loss
+  forward without gradients + student forward/backward + the chunked KL of `lit/linear_losses.py`, with the loss
   options and activation checkpointing of `--stage-config`, and its cost split (teacher / student / loss);
 - tokens/s (B * T per step), MFU and peak memory (`torch.cuda.max_memory_allocated`, reset per measurement:
   parameters and gradients in bf16, no optimizer state; stage 2 adds fp32 master weights, gradients and AdamW
@@ -186,10 +186,14 @@ def run_length(
               flush=True)  # fmt: skip
     freeze_teacher(modules[0])
     models = [t.model for t in trainees]
+    losses = [("distill", True)] + ([("distill-reference", False)] if args.reference_loss else [])
     for t, module in zip(trainees[1:], modules):
-        measure = lambda m=module: measure_distillation(m, batch, clock, args.warmup, args.iters)  # noqa: E731
-        cells[t.name, "distill"] = run_cell(measure, device, models)
-        print(f"  T={T} B={B} {t.name} distillation step: {describe(cells[t.name, 'distill'])}", flush=True)
+        for key, fused in losses:
+            module.hparams.fused_loss = fused
+            measure = lambda m=module: measure_distillation(m, batch, clock, args.warmup, args.iters)  # noqa: E731
+            cells[t.name, key] = run_cell(measure, device, models)
+            print(f"  T={T} B={B} {t.name} {key}: {describe(cells[t.name, key])}", flush=True)
+        module.hparams.fused_loss = True
     return cells
 
 
@@ -285,14 +289,17 @@ def distill_rows(results: dict, trainees: list[Trainee], peak: float) -> list[li
     teacher = trainees[0]
     for (T, B), cells in results.items():
         base = rate(B * T, cells[teacher.name, "fwd+bwd"])
-        for t in trainees[1:]:
-            cell = cells[t.name, "distill"]
+        for t, key in ((t, key) for t in trainees[1:] for key in ("distill", "distill-reference")):
+            if (t.name, key) not in cells:
+                continue
+            cell = cells[t.name, key]
+            name = t.name if key == "distill" else f"{t.name}, reference loss"
             r, s = rate(B * T, cell), cell.split
             if r is None or s is None:
-                rows.append([length_label(T), str(B), t.name, cell.error or "", *[""] * 6, gib(cell)])
+                rows.append([length_label(T), str(B), name, cell.error or "", *[""] * 6, gib(cell)])
                 continue
             mfu = r * distillation_flops(teacher.flops, t.flops, T) / peak
-            rows.append([length_label(T), str(B), t.name, f"{r:,.0f}", f"{s.step_ms:.1f}", f"{s.teacher_ms:.1f}",
+            rows.append([length_label(T), str(B), name, f"{r:,.0f}", f"{s.step_ms:.1f}", f"{s.teacher_ms:.1f}",
                          f"{s.student_ms:.1f}", f"{s.loss_ms:.1f}", fmt(None if base is None else r / base, ".2f", "-"),
                          f"{mfu:.1%}", gib(cell)])  # fmt: skip
     return rows
@@ -386,6 +393,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "loss options and activation checkpointing")  # fmt: skip
     p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="activation checkpointing per decoder block (default: as the stage config says)")  # fmt: skip
+    p.add_argument(
+        "--reference-loss",
+        action="store_true",
+        help="also time the distillation step with the autograd reference of the logit losses",
+    )
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=positive, default=3)
     p.add_argument("--peak-flops", type=float, default=H200_BF16_DENSE, help="peak FLOP/s for MFU")

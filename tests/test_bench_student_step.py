@@ -51,13 +51,14 @@ def test_tiny_cpu_run_fills_every_column_and_appends(tmp_path: Path) -> None:
     earlier = "# Benchmarks\n\n## An earlier section\n\nits numbers\n"
     md.write_text(earlier)
     argv = [*TINY, "--lengths", "16", "32", "--batch", "auto", "--max-batch", "2", "--profile-step", "16"]
-    argv += ["--markdown", str(md)]
+    argv += ["--reference-loss", "--markdown", str(md)]
     printed = bench.main(argv)
     text = md.read_text()
     assert text.startswith(earlier + "\n## Training throughput, tiny (")  # appended, nothing overwritten
     assert text.endswith(printed)
     assert "torch " in text and "triton " in text and "transformers " in text
     assert "benchmarks/bench_student_step.py --device cpu --shape tiny --dtype fp32" in text  # the command
+    assert text.count("| student 7:1, reference loss |") == 2  # the reference loss's row at each length
 
     found = tables(text)
     throughput = found[header(bench.THROUGHPUT_HEADERS)]
@@ -72,7 +73,10 @@ def test_tiny_cpu_run_fills_every_column_and_appends(tmp_path: Path) -> None:
         assert row[8] == "n/a (CPU) / n/a (CPU)"
 
     steps = found[header(bench.DISTILL_HEADERS)]
-    assert [(r[0], r[1], r[2]) for r in steps] == [("16", "2", "student 7:1"), ("32", "1", "student 7:1")]
+    assert [(r[0], r[1], r[2]) for r in steps] == [
+        ("16", "2", "student 7:1"), ("16", "2", "student 7:1, reference loss"),
+        ("32", "1", "student 7:1"), ("32", "1", "student 7:1, reference loss"),
+    ]  # fmt: skip
     for row in steps:
         assert len(row) == len(bench.DISTILL_HEADERS)
         rate, step, teacher, student, loss, vs_teacher, mfu = (number(x) for x in row[3:10])
@@ -157,3 +161,15 @@ def test_bad_arguments_are_refused(extra: list[str], capsys: pytest.CaptureFixtu
         bench.parse_args([*TINY, *extra])
     assert info.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_logit_losses_benchmark_on_cpu(tmp_path: Path) -> None:
+    logit = importlib.import_module("bench_logit_losses")
+    md = tmp_path / "benchmarks.md"
+    argv = ["--device", "cpu", "--dtype", "fp32", "--tokens", "64", "--hidden", "8", "--vocab", "50"]
+    printed = logit.main([*argv, "--chunk-size", "16", "--iters", "1", "--markdown", str(md)])
+    assert md.read_text() == printed
+    rows = tables(printed)["| path | ms a step | tokens/s | speed-up | peak GiB |"]
+    assert [r[0] for r in rows] == ["autograd reference (chunks recomputed)", "gradients in the forward pass"]
+    difference = float(re.search(r"between the paths: ([0-9.e+-]+)", printed).group(1))
+    assert difference < 1e-5  # float32 logits on both paths

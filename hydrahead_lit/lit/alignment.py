@@ -20,7 +20,8 @@ from torch import Tensor
 
 import hydrahead_lit as hh
 from hydrahead_lit.lit.base import StageModule
-from hydrahead_lit.lit.losses import chunked_logit_losses, head_alignment_loss
+from hydrahead_lit.lit.linear_losses import logit_losses
+from hydrahead_lit.lit.losses import head_alignment_loss
 from hydrahead_lit.lit.models import load_student, load_teacher, student_spec, teacher_config
 from hydrahead_lit.modeling.arch import decoder_layers
 from hydrahead_lit.modeling.probe import AttentionProbe
@@ -112,5 +113,6 @@ class AlignmentModule(StageModule):
             attention_probe=AttentionProbe(patch=every_head),
         )
         hidden = out.hidden_states[-1]
-        ce, _ = chunked_logit_losses(hidden, self.student.lm_head, y, mask, chunk_size=self.hparams.chunk_size)
+        hp = self.hparams
+        _, ce, _ = logit_losses(hidden, self.student.lm_head, y, mask, chunk_size=hp.chunk_size, fused=hp.fused_loss)
         return ce

@@ -78,6 +78,7 @@ class StageModule(L.LightningModule):
         activation_checkpointing: bool = False,
         mixed_precision: str | None = None,
         dtype: str = "float32",
+        fused_loss: bool = True,
     ) -> None:
         """
         Args:
@@ -91,6 +92,8 @@ class StageModule(L.LightningModule):
             activation_checkpointing: recompute each student decoder block in the backward pass.
             mixed_precision: FSDP2 compute dtype ("bf16") under ModelParallelStrategy; None = parameter dtype.
             dtype: dtype the student is loaded in (keep float32 master weights for training).
+            fused_loss: logit losses with their gradients taken chunk by chunk in the forward pass
+                (`lit/linear_losses.py`); False runs the autograd reference (`chunked_logit_losses`).
         """
         super().__init__()
         self.save_hyperparameters()

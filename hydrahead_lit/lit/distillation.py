@@ -3,7 +3,7 @@
 The student is built from the stage-1 twin student (`init_from`) and a head plan: the selection file
 written by the head-selection callback (`head_selection`) or a baseline plan (`plan`). Loss:
 `kd_weight * KL(teacher || student)` at a temperature, computed over chunks of tokens from the final
-hidden states (`chunked_logit_losses`), plus optional `ce_weight * CE` and a normalised hidden-state
+hidden states (`logit_losses`), plus optional `ce_weight * CE` and a normalised hidden-state
 MSE (`hidden_weight`).
 """
 
@@ -16,7 +16,8 @@ from torch import Tensor
 
 import hydrahead_lit as hh
 from hydrahead_lit.lit.base import StageModule
-from hydrahead_lit.lit.losses import chunked_logit_losses, hidden_state_loss
+from hydrahead_lit.lit.linear_losses import logit_losses
+from hydrahead_lit.lit.losses import hidden_state_loss
 from hydrahead_lit.lit.models import load_student, load_teacher, student_spec, teacher_config
 from hydrahead_lit.modeling.plan import HeadPlan
 
@@ -146,11 +147,11 @@ class DistillationModule(StageModule):
         with torch.no_grad():
             t_out = self.teacher(input_ids=x, output_hidden_states=True, logits_to_keep=1, use_cache=False)
         s_out = self.student(input_ids=x, output_hidden_states=True, logits_to_keep=1, use_cache=False)
-        ce, kl = chunked_logit_losses(
+        loss, ce, kl = logit_losses(
             s_out.hidden_states[-1], self.student.lm_head, y, mask,
             t_out.hidden_states[-1], self.teacher.lm_head, hp.temperature, hp.chunk_size,
+            ce_weight=hp.ce_weight, kd_weight=hp.kd_weight, fused=hp.fused_loss,
         )  # fmt: skip
-        loss = hp.kd_weight * kl + hp.ce_weight * ce
         logs = {"kl": kl, "ce": ce}
         if hp.hidden_weight > 0:
             hidden = hidden_state_loss(s_out.hidden_states[1:], t_out.hidden_states[1:], mask)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from hydrahead_lit.lit.base import StageModule
-from hydrahead_lit.lit.losses import chunked_logit_losses
+from hydrahead_lit.lit.linear_losses import logit_losses
 from hydrahead_lit.lit.models import load_student, load_teacher, student_spec, teacher_config
 
 
@@ -94,11 +94,11 @@ class LongContextModule(StageModule):
                 t_out = self.teacher(input_ids=x, output_hidden_states=True, logits_to_keep=1, use_cache=False)
             t_hidden = t_out.hidden_states[-1]
         s_out = self.student(input_ids=x, output_hidden_states=True, logits_to_keep=1, use_cache=False)
-        ce, kl = chunked_logit_losses(
+        loss, ce, kl = logit_losses(
             s_out.hidden_states[-1], self.student.lm_head, y, mask,
             t_hidden, None if self.teacher is None else self.teacher.lm_head, hp.temperature, hp.chunk_size,
+            ce_weight=1.0, kd_weight=hp.kd_weight if self.teacher is not None else 0.0, fused=hp.fused_loss,
         )  # fmt: skip
-        loss = ce + hp.kd_weight * kl
         sync = prefix == "val"
         self.log(f"{prefix}/loss", loss, prog_bar=prefix == "train", sync_dist=sync)
         self.log(f"{prefix}/ce", ce, sync_dist=sync)

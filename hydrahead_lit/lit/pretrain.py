@@ -10,7 +10,7 @@ from typing import Any
 from torch import Tensor
 
 from hydrahead_lit.lit.base import StageModule
-from hydrahead_lit.lit.losses import chunked_logit_losses
+from hydrahead_lit.lit.linear_losses import logit_losses
 from hydrahead_lit.lit.models import load_teacher
 from hydrahead_lit.modeling.arch import SUPPORTED_MODEL_TYPES
 
@@ -98,8 +98,13 @@ class PretrainModule(StageModule):
     def _loss(self, batch: dict[str, Tensor], prefix: str) -> Tensor:
         x, y, mask = self.split_batch(batch)
         out = self.student(input_ids=x, output_hidden_states=True, logits_to_keep=1, use_cache=False)
-        ce, _ = chunked_logit_losses(
-            out.hidden_states[-1], self.student.lm_head, y, mask, chunk_size=self.hparams.chunk_size
+        ce, _, _ = logit_losses(
+            out.hidden_states[-1],
+            self.student.lm_head,
+            y,
+            mask,
+            chunk_size=self.hparams.chunk_size,
+            fused=self.hparams.fused_loss,
         )
         self.log(f"{prefix}/loss", ce, prog_bar=prefix == "train", sync_dist=prefix == "val")
         if prefix == "val":

@@ -3,6 +3,7 @@ a consolidated Hugging Face student."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +16,32 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("fsdp_fit.py")
 
 
+# A peer vanishing from gloo's TCP transport: seen once in CI on a loaded 2-core machine, at the export's
+# all-gather after training had finished, and not reproduced since (idle or with both cores busy).
+TRANSPORT_ERROR = "gloo/transport/tcp"
+
+
+def _report(proc: subprocess.CompletedProcess) -> str:
+    """The output's tail, and every line rank 1 printed (its traceback is otherwise cut off by rank 0's)."""
+    rank1 = [line for line in proc.stderr.splitlines() if line.startswith("[rank1]")]
+    tail = proc.stdout[-2000:] + proc.stderr[-5000:]
+    return f"exit {proc.returncode}\n{tail}\nrank 1:\n" + "\n".join(rank1[-60:])
+
+
 def _run(*args: str) -> None:
+    """Run fsdp_fit.py; once more if the first try lost a peer in gloo's transport (both outputs reported)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    reports = []
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        if proc.returncode == 0:
+            return
+        reports.append(_report(proc))
+        if TRANSPORT_ERROR not in proc.stderr:
+            break
+    raise AssertionError("\n\n---- next try ----\n".join(reports))
 
 
 def test_fsdp2_fit_save_resume_export(teacher_dir, twin_dir, tmp_path) -> None:
@@ -33,7 +54,9 @@ def test_fsdp2_fit_save_resume_export(teacher_dir, twin_dir, tmp_path) -> None:
     assert first == {"global_step": 2, "dtensor": True}
     exported_2 = hh.load_student(out / "student").state_dict()
 
-    _run(str(teacher_dir), str(twin_dir), str(out), "4", str(ckpt))
+    # Resume from a copy: the resumed run saves its step-4 checkpoint over last.ckpt, and a retry must start at step 2.
+    step_2 = shutil.copytree(ckpt, out / "step_2.ckpt")
+    _run(str(teacher_dir), str(twin_dir), str(out), "4", str(step_2))
     assert json.loads((out / "result_4.json").read_text())["global_step"] == 4  # resumed at step 2, not 0
     student = hh.load_student(out / "student")
     assert student.head_plan.fa_groups == ((), (0,))

@@ -1,0 +1,205 @@
+"""The logit losses of stages 2 and 3 with their gradients taken in the forward pass (pure PyTorch).
+
+`chunked_logit_losses` (losses.py) is the reference: autograd through each chunk, with the chunk
+recomputed in the backward pass. Per chunk of tokens that is six vocabulary GEMMs (teacher and student
+logits twice, two for the student's backward) and the float32 softmax passes twice. Here each chunk is
+done once: its logits, the losses, and at once the gradient of the weighted loss with respect to the
+logits, which is folded straight into the gradients of the hidden states and of the head's weight
+(four GEMMs, one softmax pass per model). The backward pass only scales those stored gradients.
+
+The price is that the loss weights must be known in the forward pass (`ce_weight`, `kd_weight`), so one
+differentiable loss comes back, with CE and KL beside it for logging; and the head must be a plain
+`nn.Linear` (its weight not a sharded DTensor). `logit_losses` picks this path when it can and the
+reference otherwise.
+
+Gradients, for one token with weight w (1 / the number of counted tokens, 0 when masked):
+d CE / d s = softmax(s) - onehot(y), and d (tau^2 KL(p_t || p_s)) / d s = tau (softmax(s / tau) - p_t).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hydrahead_lit.lit.losses import chunked_logit_losses
+
+Head = Callable[[Tensor], Tensor]
+
+
+def _chunk(
+    h: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor | None,
+    w: Tensor,
+    h_t: Tensor | None,
+    teacher_head: Head | None,
+    tau: float,
+    ce_weight: float,
+    kd_weight: float,
+    with_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(weighted CE sum, weighted KL sum * tau^2, d loss / d logits in float32 or None) of one chunk."""
+    s = F.linear(h, weight, bias).float()  # the GEMM in the model's dtype, as the head runs it
+    ce = kl = s.new_zeros(())
+    logp = torch.log_softmax(s, dim=-1) if targets is not None or tau == 1.0 else None
+    if targets is not None:
+        ce = -(logp.gather(1, targets[:, None]).squeeze(1) * w).sum()
+    p_t = s_logp_tau = None
+    if h_t is not None:
+        with torch.no_grad():
+            t_logp = torch.log_softmax(teacher_head(h_t).float() / tau, dim=-1)
+        s_logp_tau = logp if tau == 1.0 else torch.log_softmax(s / tau, dim=-1)
+        p_t = t_logp.exp()
+        kl = ((p_t * (t_logp - s_logp_tau)).sum(-1) * w).sum() * tau**2
+        del t_logp
+    del s
+    ce_on = targets is not None and ce_weight != 0.0
+    kd_on = h_t is not None and kd_weight != 0.0
+    if not with_grad or not (ce_on or kd_on):
+        return ce, kl, None
+    # d loss / d s = ce_weight w (p_s - onehot) + kd_weight tau w (p_s_tau - p_t); at tau = 1 one softmax serves both.
+    grad = None
+    if ce_on:
+        coeff = ce_weight + (kd_weight if kd_on and tau == 1.0 else 0.0)
+        grad = logp.exp().mul_(coeff * w[:, None])
+        grad.scatter_add_(1, targets[:, None], (-ce_weight * w)[:, None])
+    if kd_on:
+        if grad is None or tau != 1.0:
+            term = s_logp_tau.exp().mul_(kd_weight * tau * w[:, None])
+            grad = term if grad is None else grad.add_(term)
+        grad.sub_(p_t.mul_(kd_weight * tau * w[:, None]))
+    return ce, kl, grad
+
+
+class _LinearLogitLosses(torch.autograd.Function):
+    """Forward: the chunked losses and their gradients; backward: those gradients times the incoming one."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        h: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        targets: Tensor | None,
+        w: Tensor,
+        h_t: Tensor | None,
+        teacher_head: Head | None,
+        tau: float,
+        ce_weight: float,
+        kd_weight: float,
+        chunk_size: int,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.zeros_like(h) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        ce_sum = h.new_zeros((), dtype=torch.float32)
+        kl_sum = h.new_zeros((), dtype=torch.float32)
+        for start in range(0, h.shape[0], chunk_size):
+            sl = slice(start, start + chunk_size)
+            ce, kl, grad = _chunk(
+                h[sl], weight, bias, None if targets is None else targets[sl], w[sl],
+                None if h_t is None else h_t[sl], teacher_head, tau, ce_weight, kd_weight, True,
+            )  # fmt: skip
+            ce_sum += ce
+            kl_sum += kl
+            if grad is None:
+                continue
+            if grad_b is not None:
+                grad_b += grad.sum(0)
+            grad = grad.to(weight.dtype)  # the backward GEMMs in the model's dtype, as autograd runs them
+            if grad_h is not None:
+                grad_h[sl] = grad @ weight
+            if grad_w is not None:
+                grad_w += (grad.T @ h[sl]).float()  # accumulated in float32 over the chunks
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.param_dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        loss = ce_weight * ce_sum + kd_weight * kl_sum
+        ctx.mark_non_differentiable(ce_sum, kl_sum)
+        return loss, ce_sum, kl_sum
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_ce: Tensor, _grad_kl: Tensor):  # type: ignore[override]
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        w_dtype, b_dtype = ctx.param_dtypes
+        out_h = None if grad_h is None else grad_h * grad_loss.to(grad_h.dtype)
+        out_w = None if grad_w is None else (grad_w * grad_loss).to(w_dtype)
+        out_b = None if grad_b is None else (grad_b * grad_loss).to(b_dtype)
+        return out_h, out_w, out_b, None, None, None, None, None, None, None, None
+
+
+def _plain_linear(head: object) -> nn.Linear | None:
+    """`head` when it is an `nn.Linear` whose parameters are plain tensors (not sharded DTensors)."""
+    if not isinstance(head, nn.Linear):
+        return None
+    if any(type(p).__name__ == "DTensor" for p in head.parameters()):
+        return None
+    return head
+
+
+def logit_losses(
+    student_hidden: Tensor,
+    student_head: Head,
+    targets: Tensor | None = None,
+    mask: Tensor | None = None,
+    teacher_hidden: Tensor | None = None,
+    teacher_head: Head | None = None,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    ce_weight: float = 1.0,
+    kd_weight: float = 0.0,
+    fused: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(ce_weight * CE + kd_weight * KL, CE, KL): the loss with its gradient, the two terms without.
+
+    CE and KL(teacher || student) * temperature^2 are means over the counted tokens, as in
+    `chunked_logit_losses` (same arguments). With `fused` and a plain `nn.Linear` student head the
+    gradients are computed chunk by chunk in the forward pass (module docstring); otherwise, or with
+    `fused=False`, the reference runs and the loss is composed from its terms.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if (teacher_hidden is None) != (teacher_head is None):
+        raise ValueError("teacher_hidden and teacher_head go together")
+    if targets is None and ce_weight != 0.0:
+        raise ValueError("ce_weight must be 0 without targets (there is no cross entropy to weigh)")
+    if teacher_hidden is None and kd_weight != 0.0:
+        raise ValueError("kd_weight must be 0 without a teacher (there is no KL to weigh)")
+    linear = _plain_linear(student_head) if fused else None
+    if linear is None:
+        ce, kl = chunked_logit_losses(
+            student_hidden, student_head, targets, mask, teacher_hidden, teacher_head, temperature, chunk_size
+        )
+        return ce_weight * ce + kd_weight * kl, ce.detach(), kl.detach()
+    d = student_hidden.shape[-1]
+    h = student_hidden.reshape(-1, d)
+    valid = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
+    if mask is not None:
+        valid &= mask.reshape(-1).to(device=h.device, dtype=torch.bool)
+    tgt = None
+    if targets is not None:
+        tgt = targets.reshape(-1).to(h.device)
+        valid &= tgt >= 0
+        tgt = tgt.clamp_min(0)
+    w = valid.float() / valid.sum().clamp_min(1)
+    h_t = None if teacher_hidden is None else teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).detach()
+    args = (h, linear.weight, linear.bias, tgt, w, h_t, teacher_head, float(temperature))
+    if torch.is_grad_enabled():
+        return _LinearLogitLosses.apply(*args, float(ce_weight), float(kd_weight), chunk_size)
+    ce_sum = h.new_zeros((), dtype=torch.float32)
+    kl_sum = h.new_zeros((), dtype=torch.float32)
+    for start in range(0, h.shape[0], chunk_size):
+        sl = slice(start, start + chunk_size)
+        ce, kl, _ = _chunk(
+            h[sl], linear.weight, linear.bias, None if tgt is None else tgt[sl], w[sl],
+            None if h_t is None else h_t[sl], teacher_head, float(temperature), 0.0, 0.0, False,
+        )  # fmt: skip
+        ce_sum += ce
+        kl_sum += kl
+    return ce_weight * ce_sum + kd_weight * kl_sum, ce_sum, kl_sum
