@@ -5,11 +5,15 @@ cases agree to float32 rounding, summed in a different order: 1e-5 relative, 1e-
 reference's own test against unchunked losses uses the same). The model cases say theirs.
 """
 
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from hydrahead_lit.lit import DistillationModule
 from hydrahead_lit.lit.linear_losses import logit_losses
 from hydrahead_lit.lit.losses import chunked_logit_losses
 
@@ -202,3 +206,34 @@ def test_on_a_models_hidden_states(dtype: torch.dtype) -> None:
         assert torch.isfinite(g).all(), name
         err = (g - r).norm() / r.norm().clamp_min(1e-12)
         assert err <= tol, (name, err.item())
+
+
+def test_a_distillation_step_of_the_demo_teacher() -> None:
+    """Stage 2's own step (`DistillationModule._loss`) on the committed, trained demo teacher converted
+    with one FA KV group of eight, fused vs reference: the same loss, and gradients within float32
+    rounding (1e-6 relative in norm measured on the demo's stage-1 student; the limit 1e-5 leaves room
+    for other cores' summation order)."""
+    root = Path(__file__).resolve().parents[2]
+    module = DistillationModule(
+        teacher=str(root / "data/demo/teacher"), init_from=None,
+        plan={"method": "manual", "fa_groups": {"1": [0]}},  # one FA KV group of eight, as the demo keeps
+    )  # fmt: skip
+    module.configure_model()
+    module.teacher.requires_grad_(False).eval()
+    ids = torch.randint(0, module.student.config.vocab_size, (2, 65), generator=torch.Generator().manual_seed(0))
+
+    def run(fused: bool) -> tuple[float, dict[str, torch.Tensor]]:
+        module.hparams.fused_loss = fused
+        module.student.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # self.log() outside a Trainer
+            loss = module._loss({"input_ids": ids}, "train")
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in module.student.named_parameters() if p.grad is not None}
+
+    (loss, grads), (ref_loss, ref_grads) = run(True), run(False)
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    assert grads.keys() == ref_grads.keys() and "model.embed_tokens.weight" in grads  # the tied head's gradient
+    for name, g in grads.items():
+        err = (g - ref_grads[name]).norm() / ref_grads[name].norm().clamp_min(1e-30)
+        assert err < 1e-5, (name, err.item())
