@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hydrahead_lit.lit.losses import chunked_logit_losses
+from hydrahead_lit.lit.losses import check_logit_loss_args, chunked_logit_losses, counted_tokens
 
 Head = Callable[[Tensor], Tensor]
 
@@ -161,12 +161,7 @@ def logit_losses(
     gradients are computed chunk by chunk in the forward pass (module docstring); otherwise, or with
     `fused=False`, the reference runs and the loss is composed from its terms.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if (teacher_hidden is None) != (teacher_head is None):
-        raise ValueError("teacher_hidden and teacher_head go together")
+    check_logit_loss_args(temperature, chunk_size, teacher_hidden, teacher_head)
     if targets is None and ce_weight != 0.0:
         raise ValueError("ce_weight must be 0 without targets (there is no cross entropy to weigh)")
     if teacher_hidden is None and kd_weight != 0.0:
@@ -179,14 +174,7 @@ def logit_losses(
         return ce_weight * ce + kd_weight * kl, ce.detach(), kl.detach()
     d = student_hidden.shape[-1]
     h = student_hidden.reshape(-1, d)
-    valid = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
-    if mask is not None:
-        valid &= mask.reshape(-1).to(device=h.device, dtype=torch.bool)
-    tgt = None
-    if targets is not None:
-        tgt = targets.reshape(-1).to(h.device)
-        valid &= tgt >= 0
-        tgt = tgt.clamp_min(0)
+    tgt, valid = counted_tokens(h, targets, mask)
     w = valid.float() / valid.sum().clamp_min(1)
     h_t = None if teacher_hidden is None else teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).detach()
     args = (h, linear.weight, linear.bias, tgt, w, h_t, teacher_head, float(temperature))

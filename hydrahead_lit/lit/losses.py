@@ -53,6 +53,30 @@ def head_alignment_loss(
     return errors.mean(), errors.detach()
 
 
+def check_logit_loss_args(
+    temperature: float, chunk_size: int, teacher_hidden: Tensor | None, teacher_head: Head | None
+) -> None:
+    """ValueError for arguments no logit loss can use."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if (teacher_hidden is None) != (teacher_head is None):
+        raise ValueError("teacher_hidden and teacher_head go together")
+
+
+def counted_tokens(h: Tensor, targets: Tensor | None, mask: Tensor | None) -> tuple[Tensor | None, Tensor]:
+    """(flat targets with ignored ids as 0, or None; flat bool [N] of the tokens the losses count):
+    a token counts where `mask` is True and its target id is not negative."""
+    valid = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
+    if mask is not None:
+        valid = valid & mask.reshape(-1).to(device=h.device, dtype=torch.bool)
+    if targets is None:
+        return None, valid
+    tgt = targets.reshape(-1).to(h.device)
+    return tgt.clamp_min(0), valid & (tgt >= 0)
+
+
 def _chunk_terms(
     h_s: Tensor,
     targets: Tensor,
@@ -64,7 +88,7 @@ def _chunk_terms(
 ) -> tuple[Tensor, Tensor]:
     """Weighted sums of CE and KL over one chunk of tokens (the only place logits exist)."""
     logits = student_head(h_s).float()
-    ce = (F.cross_entropy(logits, targets.clamp_min(0), reduction="none") * weights).sum()
+    ce = (F.cross_entropy(logits, targets, reduction="none") * weights).sum()
     if h_t is None:
         return ce, logits.new_zeros(())
     with torch.no_grad():
@@ -93,29 +117,18 @@ def chunked_logit_losses(
     when None only the KL is computed. With `recompute`, each chunk's logits are recomputed in the
     backward pass instead of kept, so memory holds one chunk of logits at a time.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if (teacher_hidden is None) != (teacher_head is None):
-        raise ValueError("teacher_hidden and teacher_head go together")
+    check_logit_loss_args(temperature, chunk_size, teacher_hidden, teacher_head)
     d = student_hidden.shape[-1]
     h_s = student_hidden.reshape(-1, d)
     h_t = None if teacher_hidden is None else teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
-    n = h_s.shape[0]
-    valid = torch.ones(n, dtype=torch.bool, device=h_s.device)
-    if mask is not None:
-        valid = valid & mask.reshape(-1).to(device=h_s.device, dtype=torch.bool)
-    if targets is not None:
-        tgt = targets.reshape(-1).to(h_s.device)
-        valid = valid & (tgt >= 0)
-    else:
-        tgt = torch.zeros(n, dtype=torch.long, device=h_s.device)
+    tgt, valid = counted_tokens(h_s, targets, mask)
+    if tgt is None:
+        tgt = torch.zeros(h_s.shape[0], dtype=torch.long, device=h_s.device)
     weights = valid.float()
     count = weights.sum().clamp_min(1.0)
     ce_sum = h_s.new_zeros((), dtype=torch.float32)
     kl_sum = h_s.new_zeros((), dtype=torch.float32)
-    for start in range(0, n, chunk_size):
+    for start in range(0, h_s.shape[0], chunk_size):
         sl = slice(start, start + chunk_size)
         t_chunk = None if h_t is None else h_t[sl]
         args = (h_s[sl], tgt[sl], weights[sl], t_chunk, student_head, teacher_head, temperature)
