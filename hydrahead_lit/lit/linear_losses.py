@@ -5,7 +5,7 @@ recomputed in the backward pass. Per chunk of tokens that is six vocabulary GEMM
 logits twice, two for the student's backward) and the float32 softmax passes twice. Here each chunk is
 done once: its logits, the losses, and at once the gradient of the weighted loss with respect to the
 logits, which is folded straight into the gradients of the hidden states and of the head's weight
-(four GEMMs, one softmax pass per model). The backward pass only scales those stored gradients.
+(four GEMMs, and at temperature 1 one softmax pass per model). The backward pass only scales them.
 
 The price is that the loss weights must be known in the forward pass (`ce_weight`, `kd_weight`), so one
 differentiable loss comes back, with CE and KL beside it for logging; and the head must be a plain
