@@ -12,6 +12,7 @@ import contextlib
 import io
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -58,6 +59,12 @@ def test_stage2_killed_and_resumed_matches_an_uninterrupted_run(tmp_path) -> Non
     assert max(logged_before) > EVERY, "the killed run must have logged steps past its checkpoint"
     assert not (broken / "student").exists()
 
+    # TensorBoard reads a run's event files in name order: whole-second creation time, then host, then pid.
+    # A resume within the same second as the killed run's start (this test's runs are that fast) would sort
+    # before it by its lower pid and be read first, so its session start could not supersede anything.
+    started = max(int(f.name.split(".")[3]) for f in broken.rglob("events.out.tfevents.*"))
+    while int(time.time()) <= started:
+        time.sleep(0.05)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         fit(_config(tmp_path, "broken", teacher, twin, data), "--ckpt_path", str(broken / "checkpoints" / "last.ckpt"))
