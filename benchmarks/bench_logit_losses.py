@@ -13,7 +13,6 @@ shape at 64K tokens a step; `--markdown FILE` appends the table with card, versi
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import statistics
 import sys
@@ -26,7 +25,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_student_step import append_markdown, version  # noqa: E402
+from bench_student_step import append_markdown, device_name, version  # noqa: E402
 
 from hydrahead_lit.lit.linear_losses import logit_losses  # noqa: E402
 
@@ -73,8 +72,7 @@ def timed(fused: bool, inputs: tuple, args: argparse.Namespace, device: torch.de
 
 
 def environment_line(device: torch.device) -> str:
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    return f"{card}; torch {torch.__version__}, triton {version('triton')}"
+    return f"{device_name(device)}; torch {torch.__version__}, triton {version('triton')}"
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

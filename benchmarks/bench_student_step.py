@@ -289,9 +289,9 @@ def distill_rows(results: dict, trainees: list[Trainee], peak: float) -> list[li
     teacher = trainees[0]
     for (T, B), cells in results.items():
         base = rate(B * T, cells[teacher.name, "fwd+bwd"])
-        for t, key in ((t, key) for t in trainees[1:] for key in ("distill", "distill-reference")):
-            if (t.name, key) not in cells:
-                continue
+        keys = ("distill", "distill-reference")
+        measured = [(t, key) for t in trainees[1:] for key in keys if (t.name, key) in cells]
+        for t, key in measured:
             cell = cells[t.name, key]
             name = t.name if key == "distill" else f"{t.name}, reference loss"
             r, s = rate(B * T, cell), cell.split
@@ -321,10 +321,14 @@ def version(dist: str) -> str:
         return "missing"
 
 
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+
+
 def heading(args: argparse.Namespace, argv: list[str], device: torch.device, settings: StageSettings,
             checkpointing: bool, trainees: list[Trainee]) -> str:  # fmt: skip
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    card = device_name(device)
     cfg = trainees[0].model.config
     command = shlex.join([Path(sys.executable).name, str(Path(__file__).resolve().relative_to(ROOT)), *argv])
     student = trainees[1].model.config if len(trainees) > 1 else cfg

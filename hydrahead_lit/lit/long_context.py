@@ -97,7 +97,7 @@ class LongContextModule(StageModule):
         loss, ce, kl = logit_losses(
             s_out.hidden_states[-1], self.student.lm_head, y, mask,
             t_hidden, None if self.teacher is None else self.teacher.lm_head, hp.temperature, hp.chunk_size,
-            ce_weight=1.0, kd_weight=hp.kd_weight if self.teacher is not None else 0.0, fused=hp.fused_loss,
+            ce_weight=1.0, kd_weight=hp.kd_weight, fused=hp.fused_loss,
         )  # fmt: skip
         sync = prefix == "val"
         self.log(f"{prefix}/loss", loss, prog_bar=prefix == "train", sync_dist=sync)
