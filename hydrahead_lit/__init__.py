@@ -8,7 +8,6 @@ Public API::
     student.save_pretrained("out/student"); student = hh.load_student("out/student")
 """
 
-import hydrahead_lit._checkout  # noqa: F401  (first: maps hydrahead_lit.kernels in an uninstalled checkout)
 from hydrahead_lit.modeling.auto import register_auto_classes
 from hydrahead_lit.modeling.cache import HybridCache, cache_bytes
 from hydrahead_lit.modeling.convert import convert, teacher_head_rms

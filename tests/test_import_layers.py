@@ -1,9 +1,8 @@
 """The import graph follows the layer order of the README's Layout section: no cycle, imports point down.
 
-Every module under `hydrahead_lit/` and `kernels/`, plus `main.py` and `data/prepare.py`, is parsed with `ast`;
-module-level and function-level imports count alike (a function-level import is a dependency that runs later),
-and so does `importlib.import_module("<literal>")`. The kernels folder is imported as `hydrahead_lit.kernels`;
-an import of the bare name `kernels` means the same modules here, so that both spellings meet the same rules.
+Every module under `hydrahead_lit/`, plus `main.py` and `data/prepare.py`, is parsed with `ast`; module-level and
+function-level imports count alike (a function-level import is a dependency that runs later), and so does
+`importlib.import_module("<literal>")`.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-KERNELS = "hydrahead_lit.kernels"  # the kernels' import name; `kernels/` at the top is its folder
+KERNELS = "hydrahead_lit.kernels"
 SCRIPTS = ("main.py", "data/prepare.py")
 
 
@@ -47,36 +46,26 @@ class Layer:
 
 # ----- the module graph ---------------------------------------------------------------------------------------
 def module_name(rel: str) -> str:
-    """`hydrahead_lit/eval/ruler.py` -> `hydrahead_lit.eval.ruler`; `kernels/x.py` -> `hydrahead_lit.kernels.x`."""
+    """`hydrahead_lit/eval/ruler.py` -> `hydrahead_lit.eval.ruler`."""
     parts = list(Path(rel).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
-    if parts and parts[0] == "kernels":
-        parts = ["hydrahead_lit", *parts]
     return ".".join(parts)
 
 
-def canonical(name: str) -> str:
-    """The bare name `kernels[.x]` and `hydrahead_lit.kernels[.x]` name the same modules."""
-    if name == "kernels" or name.startswith("kernels."):
-        return "hydrahead_lit." + name
-    return name
-
-
 def is_project(name: str) -> bool:
-    return name.split(".")[0] in ("hydrahead_lit", "kernels")
+    return name.split(".")[0] == "hydrahead_lit"
 
 
 def source_files() -> dict[str, str]:
     """Relative path -> module name of every parsed file."""
-    files = [*sorted((ROOT / "hydrahead_lit").rglob("*.py")), *sorted((ROOT / "kernels").rglob("*.py"))]
+    files = sorted((ROOT / "hydrahead_lit").rglob("*.py"))
     rels = [f.relative_to(ROOT).as_posix() for f in files] + [s for s in SCRIPTS if (ROOT / s).is_file()]
     return {rel: (rel if rel in SCRIPTS else module_name(rel)) for rel in rels}
 
 
 def _resolve(name: str, modules: set[str]) -> str:
     """The module an import of `name` loads: `name` itself, else its nearest enclosing project module."""
-    name = canonical(name)
     while name not in modules and "." in name:
         name = name.rsplit(".", 1)[0]
     return name
@@ -119,7 +108,7 @@ def import_graph() -> tuple[dict[str, str], list[Import]]:
         tree = ast.parse((ROOT / rel).read_text(), filename=rel)
         for node in ast.walk(tree):
             for name, spelled in _imported_names(node, module, rel.endswith("__init__.py")):
-                if not is_project(canonical(name)):
+                if not is_project(name):
                     continue
                 target = _resolve(name, modules)
                 if target != module and target in modules:
@@ -208,14 +197,14 @@ def readme_layers() -> list[Layer]:
 
 
 def layer_of(module: str, path: str, layers: list[Layer]) -> Layer | None:
-    """The layer whose listed path is the longest one holding `path` (the kernels by their folder or name)."""
+    """The layer whose listed path is the longest one holding `path`."""
     best, best_len = None, -1
     for layer in layers:
         for p in layer.paths:
             if p.endswith(".py"):
                 holds = path == p
-            else:  # a folder, found by its path or its import name (the kernels' folder is not under hydrahead_lit/)
-                holds = path.startswith(p) or module == module_name(p) or module.startswith(module_name(p) + ".")
+            else:  # a folder
+                holds = path.startswith(p)
             if holds and len(p) > best_len:
                 best, best_len = layer, len(p)
     return best
@@ -236,7 +225,7 @@ def test_the_checker_finds_planted_cycles_and_reads_relative_imports() -> None:
     assert names == ["hydrahead_lit.kernels.gdn_common.x", "hydrahead_lit.kernels.fusion_norm",
                      "hydrahead_lit.ops.la_backend"]  # fmt: skip
     modules = {"hydrahead_lit", "hydrahead_lit.kernels", "hydrahead_lit.kernels.gdn_common"}
-    assert _resolve("kernels.gdn_common.x", modules) == "hydrahead_lit.kernels.gdn_common"
+    assert _resolve("hydrahead_lit.kernels.gdn_common.x", modules) == "hydrahead_lit.kernels.gdn_common"
     assert _resolve("hydrahead_lit.HeadPlan", modules) == "hydrahead_lit"
 
 
@@ -299,18 +288,25 @@ print(json.dumps(out))
 """
 
 
-def test_the_installed_project_has_no_top_level_kernels_module(tmp_path) -> None:
-    """A fresh interpreter outside the checkout: `import kernels` does not find the project's kernels (no such module,
-    or another package of that name), and they import as `hydrahead_lit.kernels`."""
+@pytest.mark.parametrize("where", ["outside", "root"])
+def test_the_project_has_no_top_level_kernels_module(tmp_path, where: str) -> None:
+    """A fresh interpreter outside the checkout, and one started in the repository root (where `python -m pytest` and
+    `python -m hydrahead_lit...` put the root first on sys.path): `import kernels` finds no module of the project's
+    (no such module, or Hugging Face's package, which `transformers` >= 5.25 imports at start-up), and the project's
+    kernels import as `hydrahead_lit.kernels`."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the checkout is not on sys.path
-    run = subprocess.run([sys.executable, "-c", _PROBE], cwd=tmp_path, env=env, capture_output=True, text=True)
+    cwd = ROOT if where == "root" else tmp_path
+    run = subprocess.run([sys.executable, "-c", _PROBE], cwd=cwd, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.strip().splitlines()[-1])
     if not out["installed"]:
         pytest.skip(f"hydrahead_lit is not installed in {sys.executable} (pip install -e .)")
 
-    def ours(file: str | None) -> bool:
-        return file is not None and Path(file).resolve().is_relative_to(ROOT / "kernels")
+    def ours(file: str | None) -> bool:  # a module of the checkout, not of an installed package (.venv is under ROOT)
+        if file is None:
+            return False
+        path = Path(file).resolve()
+        return path.is_relative_to(ROOT) and "site-packages" not in path.parts
 
     assert not ours(out["kernels"]), (
         f"`import kernels` outside the checkout loads the project's kernels ({out['kernels']}): the install maps a "

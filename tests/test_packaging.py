@@ -1,5 +1,5 @@
-"""The install layout: every package folder is listed in pyproject.toml, and the kernels are installed
-under the project's import name only."""
+"""The install layout: every package folder is listed in pyproject.toml, and the Triton kernels are a
+package inside the project (never a top-level ``kernels``, Hugging Face's package's name)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ def test_pyproject_lists_every_package_folder() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "hydrahead_lit").rglob("__init__.py")}
-    folders.add("hydrahead_lit.kernels")  # mapped from the top-level kernels/ folder
     assert set(cfg["packages"]) == folders
-    assert cfg["package-dir"] == {"hydrahead_lit.kernels": "kernels"}
+    assert "package-dir" not in cfg  # every package is the folder of its name
+    assert not (ROOT / "kernels").exists(), "a top-level kernels/ hides Hugging Face's kernels package"
 
 
 def _run(code: str, cwd: Path, env_path: str | None = None) -> subprocess.CompletedProcess:
@@ -28,30 +28,9 @@ def _run(code: str, cwd: Path, env_path: str | None = None) -> subprocess.Comple
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True)
 
 
-def test_no_top_level_kernels_module(tmp_path: Path) -> None:
-    """Installed, the project adds no importable top-level ``kernels`` (Hugging Face's package's name)."""
-    res = _run("import hydrahead_lit, kernels", tmp_path)
-    assert res.returncode != 0 and "No module named 'kernels'" in res.stderr, res.stderr
-
-
-def test_triton_backend_found_next_to_another_kernels_package(tmp_path: Path) -> None:
-    """A different ``kernels`` package first on sys.path does not hide the project's Triton op."""
-    (tmp_path / "kernels").mkdir()
-    (tmp_path / "kernels" / "__init__.py").write_text("IS_OTHER = True\n")
-    code = (
-        "import kernels, hydrahead_lit.kernels.gated_delta_rule as k\n"
-        "from hydrahead_lit.ops.la_backend import _project_triton_import_error\n"
-        "assert kernels.IS_OTHER and _project_triton_import_error() is None\n"
-        "print(k.__file__)"
-    )
-    res = _run(code, tmp_path, env_path=str(tmp_path))
-    assert res.returncode == 0, res.stderr
-    assert Path(res.stdout.strip()) == ROOT / "kernels" / "gated_delta_rule.py"
-
-
-def test_uninstalled_checkout_maps_the_kernels(tmp_path: Path) -> None:
+def test_uninstalled_checkout_imports_the_kernels(tmp_path: Path) -> None:
     """Run from a checkout with only ``PYTHONPATH`` (no install, ``-S``: no site-packages finders for
-    the project), ``hydrahead_lit.kernels`` is the checkout's kernels/ folder."""
+    the project), ``hydrahead_lit.kernels`` is the checkout's folder."""
     site = next(p for p in sys.path if p.endswith("site-packages"))
     code = f"import sys; sys.path.append({site!r})\nimport hydrahead_lit.kernels.checks as c; print(c.__file__)"
     res = subprocess.run(
@@ -59,4 +38,4 @@ def test_uninstalled_checkout_maps_the_kernels(tmp_path: Path) -> None:
         text=True,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert Path(res.stdout.strip()) == ROOT / "kernels" / "checks.py"
+    assert Path(res.stdout.strip()) == ROOT / "hydrahead_lit" / "kernels" / "checks.py"

@@ -7,7 +7,7 @@ goes straight to ``o_proj``. Per head, the fusion brings both kinds onto the tea
     y_la = la_weight[h] * o / sqrt(mean_d(o^2) + eps),  o = gated delta rule(q, k, v, g, beta)
 
 :func:`hybrid_attention_ref` is the pure-PyTorch definition (any device); :func:`hybrid_attention`
-dispatches to the project's fused Triton op (``kernels/hybrid_attention.py``) on CUDA.
+dispatches to the project's fused Triton op (``hydrahead_lit/kernels/hybrid_attention.py``) on CUDA.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Same function and conventions as :func:`hydrahead_lit.ops.gated_delta_rule.chunk
 decay, states ``[B, H, K, V]`` in float32). The design is the WY/UT chunked form of Yang et al.,
 "Gated Delta Networks" (2024): in-chunk work runs for all chunks in parallel, and only a
 ``[K, V]`` state is carried chunk to chunk. Seven launches in all (three forward, four backward; see
-``kernels/gdn_fwd.py`` and ``kernels/gdn_bwd.py``). It does not go through flash-linear-attention,
+``gdn_fwd.py`` and ``gdn_bwd.py``). It does not go through flash-linear-attention,
 so it is also correct on Hopper with Triton 3.6, where fla refuses its gated backward.
 :func:`gdn_forward` and :func:`gdn_backward` are the launchers; the hybrid attention op calls them
 with the fused RMS-norm epilogue.

@@ -2,7 +2,7 @@
 
 Notation used by every kernel (one chunk of ``BT`` steps, one head): ``G`` is the in-chunk
 cumulative log decay (``G_i = g_1 + ... + g_i``), ``A`` the strictly lower matrix
-``A_ij = beta_i exp(G_i - G_j) k_i.k_j`` and ``T = (I + A)^-1``; see ``kernels/gated_delta_rule.py``.
+``A_ij = beta_i exp(G_i - G_j) k_i.k_j`` and ``T = (I + A)^-1``; see ``gated_delta_rule.py``.
 Rows past the sequence end load as zeros (``g = 0, beta = 0``), which leaves the state unchanged.
 """
 

@@ -3,7 +3,7 @@
 One autograd op over both kinds of heads, writing one ``[B, T, Hfa + Hla, D]`` buffer (no gather,
 scatter or concatenation):
 
-* LA heads: the Triton chunked gated delta rule (``kernels/gated_delta_rule.py``) reads the strided
+* LA heads: the Triton chunked gated delta rule (``gated_delta_rule.py``) reads the strided
   ``q_la/k_la/v_la`` views in place and its output kernel applies the fusion
   ``la_weight * o / rms(o)`` in its epilogue, storing straight into the LA slice of the output.
 * FA heads: SDPA (FlashAttention / cuDNN on Hopper) over transposed views, times ``fa_gain``, stored
