@@ -9,6 +9,7 @@ and without `trust_remote_code`. `generate()` gets a `HybridCache` unless one is
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from functools import cache
@@ -183,10 +184,28 @@ class HydraHeadMixin:
         return super().generate(*args, **kwargs)
 
 
+def _forward_signed_as(base_cls: type) -> Any:
+    """`HydraHeadMixin.forward` under the signature of `base_cls.forward`.
+
+    `generate()` reads the forward's signature: only when it names `logits_to_keep` does the prefill ask for
+    the last position's logits alone. Under `(*args, **kwargs)` every prompt position got vocabulary logits,
+    15-30 GiB at 10 prompts of 16K-32K tokens (a 49K vocabulary)."""
+
+    @functools.wraps(base_cls.forward)
+    def forward(self: HydraHeadMixin, *args: Any, **kwargs: Any) -> Any:
+        return HydraHeadMixin.forward(self, *args, **kwargs)
+
+    return forward
+
+
 @cache
 def student_class(base_cls: type) -> type:
     """`HydraHead<Base>`: the teacher's class with hybrid attention (one class per base, cached)."""
-    attrs = {"__module__": __name__, "config_class": student_config_class(base_cls.config_class)}  # see auto.py
+    attrs = {
+        "__module__": __name__,
+        "config_class": student_config_class(base_cls.config_class),  # see auto.py
+        "forward": _forward_signed_as(base_cls),
+    }
     return type(f"HydraHead{base_cls.__name__}", (HydraHeadMixin, base_cls), attrs)
 
 

@@ -84,7 +84,7 @@ def test_smollm2_jobs(tmp_path, capsys, monkeypatch) -> None:
     # A seed's budget of training tokens (three seeds in about 20 minutes of one H200, docs/smollm2.md).
     tokens = {n: c["trainer"]["max_steps"] * c["data"]["init_args"]["batch_size"] * c["data"]["init_args"]["seq_len"]
               for n, c in (("stage1", s1), ("stage2", s2), ("stage3", s3))}  # fmt: skip
-    assert tokens == {"stage1": 300 * 8 * 1024, "stage2": 200 * 8 * 1024, "stage3": 30 * 16384}
+    assert tokens == {"stage1": 150 * 8 * 1024, "stage2": 100 * 8 * 1024, "stage3": 15 * 16384}
     monkeypatch.setattr(sys, "argv", ["main.py"])
     for sub, cfg in (("fit", s1), ("fit", s2), ("fit", s3), ("test", ev)):
         path = tmp_path / "job.yaml"

@@ -1,5 +1,7 @@
 """Conversion, hybrid forward, decoding with the hybrid cache, and export (issue acceptance tests)."""
 
+import inspect
+
 import pytest
 import torch
 import transformers
@@ -108,6 +110,23 @@ def test_save_load_roundtrip_and_generate(tmp_path):
             nxt = loaded(seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
             seq = torch.cat([seq, nxt], 1)
     assert torch.equal(out, seq)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_generate_prefill_computes_the_last_positions_logits_only(arch):
+    """generate() passes `logits_to_keep=1` to the prefill only when the forward's signature names it: the
+    student's must, or a 10 x 16K prompt batch gets 16K positions of vocabulary logits (an OOM on a GPU)."""
+    teacher = tiny_teacher(arch)
+    student = hh.convert(teacher, hh.HeadPlan.from_fa_groups(teacher.config, {1: [0]}))
+    assert "logits_to_keep" in inspect.signature(student.forward).parameters
+    rows = []
+    hook = student.lm_head.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[1]))
+    try:
+        out = student.generate(random_ids(length=20), max_new_tokens=3, do_sample=False, pad_token_id=0)
+    finally:
+        hook.remove()
+    assert out.shape == (2, 23)
+    assert rows == [1, 1, 1], f"positions projected to the vocabulary per forward: {rows}"
 
 
 def test_load_student_errors(tmp_path):
