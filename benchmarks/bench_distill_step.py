@@ -148,16 +148,22 @@ def manual_plan_spec(plan: HeadPlan) -> dict[str, Any]:
 
 
 def distillation_module(
-    teacher: nn.Module, student: nn.Module, plan: HeadPlan, settings: StageSettings, checkpointing: bool
+    teacher: nn.Module,
+    student: nn.Module,
+    plan: HeadPlan,
+    settings: StageSettings,
+    checkpointing: bool,
+    compile: bool = False,
 ) -> DistillationModule:
     """A `DistillationModule` holding these (already built) models, prepared as `configure_model` does:
-    trainable parameters selected, the teacher frozen, activation checkpointing on the student."""
+    trainable parameters selected, the teacher frozen, activation checkpointing on the student, and with
+    `compile` its decoder blocks compiled (the teacher's are compiled where it is built)."""
     with tempfile.TemporaryDirectory() as tmp:
         teacher.config.save_pretrained(tmp)  # the module reads its teacher's config from a directory
         module = DistillationModule(teacher=tmp, plan=manual_plan_spec(plan), **settings.loss)
     module.teacher, module.student = teacher, student
     select_parameters(student, module.trainable, module.frozen)
-    parallelize(student, None, None, activation_checkpointing=checkpointing)
+    parallelize(student, None, None, activation_checkpointing=checkpointing, compile=compile)
     student.train()
     return module
 

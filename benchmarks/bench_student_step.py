@@ -64,7 +64,7 @@ from torch import nn
 import hydrahead_lit as hh
 from hydrahead_lit.modeling.arch import decoder_layers
 from hydrahead_lit.ops.la_backend import select_la_backend
-from hydrahead_lit.parallel import enable_activation_checkpointing
+from hydrahead_lit.parallel import compile_blocks, enable_activation_checkpointing
 
 ROOT = Path(__file__).resolve().parents[1]
 H200_BF16_DENSE = 989e12
@@ -144,6 +144,8 @@ def build_models(
         trainees.append(Trainee(f"student {ratio}:1", student, plan, Flops.of(student, plan)))
     if checkpointing:  # the students get theirs where stage 2 applies it (bench_distill_step.distillation_module)
         enable_activation_checkpointing(teacher)
+    if args.compile_blocks:  # after checkpointing, as parallelize() orders them
+        compile_blocks(teacher)
     return trainees
 
 
@@ -340,7 +342,8 @@ def heading(args: argparse.Namespace, argv: list[str], device: torch.device, set
         "",
         f"Shape {args.shape}: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} "
         f"query / {cfg.num_key_value_heads} KV heads of {cfg.head_dim}, vocabulary {cfg.vocab_size}; parameters "
-        f"{args.dtype}; activation checkpointing {'on' if checkpointing else 'off'}; {settings.describe()}. "
+        f"{args.dtype}; activation checkpointing {'on' if checkpointing else 'off'}; decoder blocks "
+        f"{'compiled (teacher and students)' if args.compile_blocks else 'eager'}; {settings.describe()}. "
         f"LA backend: training {select_la_backend(device, True)}, inference {select_la_backend(device, False)}; "
         f"FA heads: {getattr(student, '_attn_implementation', '?')}. Batch: {args.batch}"
         f"{f' (cap {args.max_batch})' if args.batch == 'auto' else ''}; median of {args.iters} after {args.warmup} "
@@ -402,6 +405,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="also time the distillation step with the autograd reference of the logit losses",
     )
+    p.add_argument(
+        "--compile-blocks",
+        action="store_true",
+        help="torch.compile every decoder block of teacher and students (compile_blocks)",
+    )
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=positive, default=3)
     p.add_argument("--peak-flops", type=float, default=H200_BF16_DENSE, help="peak FLOP/s for MFU")
@@ -437,7 +445,10 @@ def main(argv: list[str] | None = None) -> str:
     torch.manual_seed(0)
     trainees = build_models(args, cfg, device, checkpointing)
     teacher = trainees[0].model
-    modules = [distillation_module(teacher, t.model, t.plan, settings, checkpointing) for t in trainees[1:]]
+    modules = [
+        distillation_module(teacher, t.model, t.plan, settings, checkpointing, args.compile_blocks)
+        for t in trainees[1:]
+    ]
     clock, results = Clock(device), {}
     fitted_tokens = None  # tokens per step that fitted at the previous (shorter) length
     for T in sorted(set(args.lengths)):

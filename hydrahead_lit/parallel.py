@@ -4,8 +4,9 @@ Each decoder block becomes its own `fully_shard` unit, then the model root (embe
 lm_head). Teacher and student are sharded as *separate* units, so the frozen teacher never shares a
 unit with trainable parameters (which would cost gradient memory for the teacher, see
 torch.distributed.fsdp docs) and can keep its own dtype. Activation checkpointing uses the model's
-own per-block checkpointing (`transformers`' `gradient_checkpointing_enable`), applied before sharding
-as torchtitan orders it (AC, then `fully_shard`).
+own per-block checkpointing (`transformers`' `activation_checkpointing_enable`). `torch.compile` is
+optional and per decoder block (`nn.Module.compile`, in place, so the block stays the module FSDP2 wraps).
+The order is torchtitan's: activation checkpointing, then compile, then `fully_shard`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,20 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
     """Recompute each decoder block in the backward pass (non-reentrant, works under FSDP2)."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise ValueError(f"{type(model).__name__} does not support activation checkpointing")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.25 (the old name warns)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def compile_blocks(model: nn.Module) -> None:
+    """`torch.compile` each decoder block in place (one graph per block; blocks of one shape share the code).
+
+    Shapes are left to the compiler's default: static first, dynamic after a recompile (a validation batch
+    of another size, the last short batch)."""
+    for block in decoder_layers(model):
+        block.compile()
 
 
 def shard_model(model: nn.Module, mesh: object, param_dtype: torch.dtype | None, reshard_after_forward: bool) -> None:
@@ -53,15 +67,20 @@ def parallelize(
     activation_checkpointing: bool = False,
     mixed_precision: str | None = None,
     reshard_after_forward: bool = True,
+    compile: bool = False,
 ) -> None:
-    """Apply activation checkpointing (student only) and FSDP2 (student and teacher separately), in place.
+    """Apply activation checkpointing (student only), `torch.compile` per decoder block (both models) and
+    FSDP2 (student and teacher separately), in place.
 
     `mesh` is the data-parallel device mesh (`LightningModule.device_mesh["data_parallel"]`); None means a
-    single process: only activation checkpointing is applied. The teacher is never checkpointed (it runs
-    without gradients).
+    single process: no sharding. The teacher is never checkpointed (it runs without gradients).
     """
     if activation_checkpointing:
         enable_activation_checkpointing(student)
+    if compile:
+        compile_blocks(student)
+        if teacher is not None:
+            compile_blocks(teacher)
     if mesh is None:
         return
     dtype = mixed_precision_dtype(mixed_precision)

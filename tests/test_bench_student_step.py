@@ -90,7 +90,7 @@ def test_tiny_cpu_run_fills_every_column_and_appends(tmp_path: Path) -> None:
 
 def test_split_parts_lie_inside_the_step_and_hooks_are_removed() -> None:
     cfg = bench.model_config("tiny", 64)
-    args = SimpleNamespace(plans=[7], dtype="fp32")
+    args = SimpleNamespace(plans=[7], dtype="fp32", compile_blocks=False)
     trainees = bench.build_models(args, cfg, torch.device("cpu"), checkpointing=True)
     teacher, student = trainees[0].model, trainees[1]
     settings = distill.read_stage_config(Path(__file__).resolve().parents[1] / "configs/qwen3-1.7b/stage2.yaml")

@@ -79,6 +79,7 @@ class StageModule(L.LightningModule):
         mixed_precision: str | None = None,
         dtype: str = "float32",
         fused_loss: bool = True,
+        compile_blocks: bool = False,
     ) -> None:
         """
         Args:
@@ -94,6 +95,8 @@ class StageModule(L.LightningModule):
             dtype: dtype the student is loaded in (keep float32 master weights for training).
             fused_loss: logit losses with their gradients taken chunk by chunk in the forward pass
                 (`lit/linear_losses.py`); False runs the autograd reference (`chunked_logit_losses`).
+            compile_blocks: `torch.compile` each decoder block of student and teacher (`parallel.py`); the
+                first steps then include compilation.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -135,6 +138,7 @@ class StageModule(L.LightningModule):
             mesh,
             activation_checkpointing=self.hparams.activation_checkpointing,
             mixed_precision=self.hparams.mixed_precision,
+            compile=self.hparams.compile_blocks,
         )
 
     def train(self, mode: bool = True) -> StageModule:

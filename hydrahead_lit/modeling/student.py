@@ -163,6 +163,9 @@ class HydraHeadMixin:
             # transformers would otherwise create a plain DynamicCache, which has no room for LA states
             kwargs[self._cache_kwarg()] = HybridCache(self.config)
         elif isinstance(cache := self._given_cache(kwargs), HybridStaticCache):
+            # The static cache's decode step puts the token of slot t at position t (fast_decode.py); the
+            # position_ids generate() makes (pads not counted) would disagree with it on left-padded rows.
+            kwargs.pop("position_ids", None)
             if (fast := static_cache_forward(self, cache, args, kwargs)) is not None:
                 return fast  # a decode step of generate(), served by the cache's FastDecoder
         return super().forward(*args, **kwargs)
