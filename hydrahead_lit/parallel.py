@@ -40,7 +40,7 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
 
 
 def compile_blocks(model: nn.Module) -> None:
-    """`torch.compile` each decoder block in place (one graph per block; blocks of one shape share the code).
+    """`torch.compile` each decoder block in place.
 
     Shapes are left to the compiler's default: static first, dynamic after a recompile (a validation batch
     of another size, the last short batch)."""

@@ -309,8 +309,8 @@ def test_the_project_has_no_top_level_kernels_module(tmp_path, where: str) -> No
         return path.is_relative_to(ROOT) and "site-packages" not in path.parts
 
     assert not ours(out["kernels"]), (
-        f"`import kernels` outside the checkout loads the project's kernels ({out['kernels']}): the install maps a "
-        f"top-level 'kernels' module; they must be installed only as {KERNELS}"
+        f"`import kernels` ({where} the checkout) loads a module of the checkout ({out['kernels']}), not Hugging "
+        f"Face's package: the project's kernels must import only as {KERNELS}"
     )
     assert out["kernels"] is not None or out["error"] == "No module named 'kernels'", out
     assert not ours(out["after_import"]), f"importing {KERNELS} registers a top-level 'kernels': {out}"

@@ -21,13 +21,6 @@ def test_pyproject_lists_every_package_folder() -> None:
     assert not (ROOT / "kernels").exists(), "a top-level kernels/ hides Hugging Face's kernels package"
 
 
-def _run(code: str, cwd: Path, env_path: str | None = None) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "TRITON_INTERPRET": "1"}
-    if env_path is not None:
-        env["PYTHONPATH"] = env_path
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True)
-
-
 def test_uninstalled_checkout_imports_the_kernels(tmp_path: Path) -> None:
     """Run from a checkout with only ``PYTHONPATH`` (no install, ``-S``: no site-packages finders for
     the project), ``hydrahead_lit.kernels`` is the checkout's folder."""

@@ -9,10 +9,9 @@ and without `trust_remote_code`. `generate()` gets a `HybridCache` unless one is
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
-from functools import cache
+from functools import cache, wraps
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +193,7 @@ def _forward_signed_as(base_cls: type) -> Any:
     the last position's logits alone. Under `(*args, **kwargs)` every prompt position got vocabulary logits,
     15-30 GiB at 10 prompts of 16K-32K tokens (a 49K vocabulary)."""
 
-    @functools.wraps(base_cls.forward)
+    @wraps(base_cls.forward)
     def forward(self: HydraHeadMixin, *args: Any, **kwargs: Any) -> Any:
         return HydraHeadMixin.forward(self, *args, **kwargs)
 

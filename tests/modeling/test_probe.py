@@ -7,6 +7,7 @@ import hydrahead_lit as hh
 from hydrahead_lit.lit.losses import head_alignment_loss
 from hydrahead_lit.modeling.arch import decoder_layers
 from hydrahead_lit.modeling.probe import AttentionProbe
+from hydrahead_lit.parallel import enable_activation_checkpointing
 from tests.modeling.tiny import random_ids, tiny_teacher
 
 
@@ -32,7 +33,7 @@ def test_activation_checkpointing_recompute_records_nothing_new():
     loss.backward()
     ckpt = _twin().train()
     ckpt.load_state_dict(plain.state_dict())
-    ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_activation_checkpointing(ckpt)  # non-reentrant, as the stages run it
     calls = []
     for layer in decoder_layers(ckpt):
         layer.self_attn.la.register_forward_hook(lambda *a: calls.append(1))
