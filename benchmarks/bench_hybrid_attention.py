@@ -7,13 +7,14 @@
    ``|x - ref| / |ref|`` (Frobenius) must be <= 1e-2, no NaN.
 2. A model-level check: one training step of a tiny HydraHead student with the ``"triton"`` LA
    backend against the ``"torch"`` one (loss and gradients).
-3. Timings (``triton.testing.do_bench``, median, ms), B=1, H=16, D=128, plans 7:1 and 3:1:
+3. Timings (``triton.testing.do_bench``, median, ms), B in ``--batch`` (default 1), H=16, D=128, plans 7:1
+   and 3:1:
    (a) this op, (b) the naive composition (index the heads out, SDPA + fla, fusion, index back),
    (c) SDPA over all 16 heads, (d) the ideal: SDPA on the FA heads alone + the faster LA kernel
    (fla or ours) on the LA heads alone, timed separately and summed. fla's gated backward is timed
    with its Hopper/Triton guard bypassed: its gradients are then unreliable, so timing only.
 
-    python benchmarks/bench_hybrid_attention.py --markdown hybrid.md [--lengths 4096 16384 65536]
+    python benchmarks/bench_hybrid_attention.py --markdown hybrid.md [--lengths 4096 16384 65536] [--batch 1 8]
 """
 
 from __future__ import annotations
@@ -206,15 +207,15 @@ def _time(fn, leaves, out_grad_like=None) -> tuple[float, float]:
     return fwd, both
 
 
-def bench(T: int, Hfa: int, H: int = 16, D: int = 128) -> dict[str, tuple[float, float]]:
+def bench(T: int, Hfa: int, B: int = 1, H: int = 16, D: int = 128) -> dict[str, tuple[float, float]]:
     Hla = H - Hfa
     gen = torch.Generator(device="cuda").manual_seed(1)
     dt = torch.bfloat16
-    q, k, v = (torch.randn(1, T, H, D, device="cuda", generator=gen).to(dt) for _ in range(3))
+    q, k, v = (torch.randn(B, T, H, D, device="cuda", generator=gen).to(dt) for _ in range(3))
     q[:, :, Hfa:] = F.normalize(q[:, :, Hfa:].float(), dim=-1).to(dt)
     k[:, :, Hfa:] = F.normalize(k[:, :, Hfa:].float(), dim=-1).to(dt)
-    g = F.logsigmoid(torch.randn(1, T, Hla, device="cuda", generator=gen) + 2.0)
-    beta = torch.sigmoid(torch.randn(1, T, Hla, device="cuda", generator=gen)).to(dt)
+    g = F.logsigmoid(torch.randn(B, T, Hla, device="cuda", generator=gen) + 2.0)
+    beta = torch.sigmoid(torch.randn(B, T, Hla, device="cuda", generator=gen)).to(dt)
     gain, weight = torch.rand(Hfa, device="cuda") + 0.5, torch.rand(Hla, D, device="cuda") + 0.5
     leaves = [q, k, v, g, beta, gain, weight]
     for x in leaves:
@@ -288,6 +289,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 65536])
     p.add_argument("--plans", type=int, nargs="+", default=[2, 4], help="FA heads of 16 (2 = 7:1, 4 = 3:1)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes to time (e.g. 1 8)")
     p.add_argument("--skip-checks", action="store_true")
     p.add_argument("--skip-bench", action="store_true")
     p.add_argument("--markdown", default=None)
@@ -319,21 +321,22 @@ def main() -> None:
     if not args.skip_bench:
         rows = []
         for T in args.lengths:
-            for Hfa in args.plans:
-                r = bench(T, Hfa)
-                plan = f"{(16 - Hfa) // Hfa}:1"
-                rows.append((T, plan, r))
-                print(T, plan, {n: f"{a:.3f}/{b:.3f}" for n, (a, b) in r.items()}, flush=True)
-                torch.cuda.empty_cache()
+            for B in args.batch:
+                for Hfa in args.plans:
+                    r = bench(T, Hfa, B)
+                    plan = f"{(16 - Hfa) // Hfa}:1"
+                    rows.append((T, B, plan, r))
+                    print(T, B, plan, {n: f"{a:.3f}/{b:.3f}" for n, (a, b) in r.items()}, flush=True)
+                    torch.cuda.empty_cache()
         cols = ["a: this op", "a: this op, one stream", "b: naive (SDPA + fla)", "c: SDPA, 16 heads",
                 "SDPA, FA heads", "fla GDN, LA heads", "our GDN, LA heads", "d: ideal (SDPA FA + best LA)"]  # fmt: skip
-        lines.append("| T | plan | " + " | ".join(cols) + " | a/d | a/c |")
-        lines.append("|" + " --- |" * (len(cols) + 4))
-        for T, plan, r in rows:
+        lines.append("| T | B | plan | " + " | ".join(cols) + " | a/d | a/c |")
+        lines.append("|" + " --- |" * (len(cols) + 5))
+        for T, B, plan, r in rows:
             cells = [f"{r[c][0]:.3f} / {r[c][1]:.3f}" for c in cols]
             a, c, d = r["a: this op"], r["c: SDPA, 16 heads"], r["d: ideal (SDPA FA + best LA)"]
             ratios = [f"{a[0] / d[0]:.2f} / {a[1] / d[1]:.2f}", f"{a[0] / c[0]:.2f} / {a[1] / c[1]:.2f}"]
-            lines.append(f"| {T // 1024}K | {plan} | " + " | ".join(cells + ratios) + " |")
+            lines.append(f"| {T // 1024}K | {B} | {plan} | " + " | ".join(cells + ratios) + " |")
         lines.append("")
         lines.append(f"forward / forward+backward, ms (median, do_bench). {env}")
         print("\n".join(lines))

@@ -39,11 +39,24 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+RECOMPILE_LIMIT = 64
+
+
 def compile_blocks(model: nn.Module) -> None:
     """`torch.compile` each decoder block in place.
 
     Shapes are left to the compiler's default: static first, dynamic after a recompile (a validation batch
-    of another size, the last short batch)."""
+    of another size, the last short batch).
+
+    Every block of every model shares one compiled frame (the checkpointing wrapper's, or the block
+    class's forward), with one entry per variant: teacher or student block, gradient mode (a no-grad
+    teacher forward, a training forward, the recompute under checkpointing), whether the input requires
+    a gradient, which keyword arguments came. That is about ten in stage 2, more than dynamo's default
+    limit of 8, past which it silently runs the remaining variants eagerly; the limit is raised to
+    `RECOMPILE_LIMIT` (the number of blocks does not add variants)."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
     for block in decoder_layers(model):
         block.compile()
 

@@ -110,6 +110,25 @@ def unit_lower_inverse(A, BT: tl.constexpr):
 
 
 @triton.jit
+def mm_fp32(a, b):
+    """A float32 product in full float32 (no TF32): the inverse's entries are built from such products."""
+    return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
+def strict_lower_block(k_i, b_i, G_i, k_j, G_j):
+    """Block ``(i, j)``, ``i > j``, of ``A``: ``beta_r exp(G_r - G_c) k_r.k_c`` for rows ``r`` of sub-chunk
+    ``i`` and columns ``c`` of sub-chunk ``j`` (every row is later than every column: ``G_r - G_c <= 0``)."""
+    return b_i[:, None] * tl.dot(k_i, tl.trans(k_j)) * tl.exp(G_i[:, None] - G_j[None, :])
+
+
+@triton.jit
+def diagonal_block_inverse(k_i, b_i, G_i, S: tl.constexpr):
+    """``(I + A_ii)^-1`` of one ``[S, S]`` diagonal block of ``A`` by forward substitution."""
+    return unit_lower_inverse(b_i[:, None] * tl.dot(k_i, tl.trans(k_i)) * decay_matrix(G_i, True, S), S)
+
+
+@triton.jit
 def wy_matrices(k, beta, G, BT: tl.constexpr):
     """Return ``(A, T)`` of the chunk: ``A`` strictly lower, ``T = (I + A)^-1`` (float32)."""
     A = beta[:, None] * tl.dot(k, tl.trans(k)) * decay_matrix(G, True, BT)

@@ -2,7 +2,8 @@
 
 1. :func:`gdn_fwd_prep_kernel`, one program per (chunk, head), all chunks in parallel: the chunk's
    cumulative decay ``G``, ``T = (I + A)^-1`` (kept for the backward) and the two WY factors
-   ``W = T diag(beta e^G) K`` and ``U0 = T diag(beta) V``.
+   ``W = T diag(beta e^G) K`` and ``U0 = T diag(beta) V``. For the 64-step chunk ``T`` is built by
+   blocks of 16 (:func:`wy_factors_by_blocks`).
 2. :func:`gdn_fwd_state_kernel`, one program per (head, block of V columns), a loop over chunks:
    the written values ``U = U0 - W S0`` and the chunk-start states ``S0``.
 3. :func:`gdn_fwd_out_kernel`, one program per (chunk, head): ``O = scale (diag(e^G) Q S0 + (M * QK^T) U)``
@@ -21,14 +22,19 @@ from .gdn_common import (
     chunk_coords,
     chunk_cumsum,
     decay_matrix,
+    diagonal_block_inverse,
     load_rows,
     load_rows_raw,
     load_vec,
+    mm_fp32,
     seq_coords,
     store_rows,
     store_vec,
+    strict_lower_block,
     wy_matrices,
 )
+
+SUB: tl.constexpr = 16  # sub-chunk of the blocked inverse
 
 
 @triton.jit
@@ -50,21 +56,109 @@ def gdn_fwd_prep_kernel(
     b, h, bos, Tn, c = chunk_coords(i_t, i_bh, H, T, cu_seqlens, chunk_indices, IS_VARLEN)
     row0 = c * BT
     buf = (b * H + h) * T + bos  # first row of this sequence in the [B, H, T, ...] scratch buffers
-    kk = load_rows_raw(k + b * skb + bos * skt + h * skh, row0, Tn, skt, BT, K)
-    vv = load_rows_raw(v + b * svb + bos * svt + h * svh, row0, Tn, svt, BT, V)
-    gg = load_vec(g + b * sgb + bos * sgt + h * sgh, row0, Tn, sgt, BT)
-    bb = load_vec(beta + b * sbb + bos * sbt + h * sbh, row0, Tn, sbt, BT)
+    k_ptr, v_ptr = k + b * skb + bos * skt + h * skh, v + b * svb + bos * svt + h * svh
+    g_ptr, b_ptr = g + b * sgb + bos * sgt + h * sgh, beta + b * sbb + bos * sbt + h * sbh
+    gg = load_vec(g_ptr, row0, Tn, sgt, BT)
     G = chunk_cumsum(gg, BT)
     store_vec(Gc + buf, G, row0, Tn, 1, BT)
-    _, Tm = wy_matrices(kk, bb, G, BT)
-    # The factors are stored in the input dtype, so the products run on operands rounded to it.
-    dt = kk.dtype
-    Tm = Tm.to(dt)
-    store_rows(Tinv + buf * BT, Tm, row0, Tn, BT, BT, BT)  # kept for the backward
-    w = tl.dot(Tm, (kk * (bb * tl.exp(G))[:, None]).to(dt))
-    u0 = tl.dot(Tm, (vv * bb[:, None]).to(dt))
-    store_rows(W + buf * K, w, row0, Tn, K, BT, K)
-    store_rows(U + buf * V, u0, row0, Tn, V, BT, V)
+    if BT == 4 * SUB:
+        wy_factors_by_blocks(
+            k_ptr, v_ptr, g_ptr, b_ptr, skt, svt, sgt, sbt, gg, Tinv + buf * BT, W + buf * K, U + buf * V,
+            row0, Tn, K, V, BT,
+        )  # fmt: skip
+    else:
+        kk = load_rows_raw(k_ptr, row0, Tn, skt, BT, K)
+        vv = load_rows_raw(v_ptr, row0, Tn, svt, BT, V)
+        bb = load_vec(b_ptr, row0, Tn, sbt, BT)
+        _, Tm = wy_matrices(kk, bb, G, BT)
+        # The factors are stored in the input dtype, so the products run on operands rounded to it.
+        dt = kk.dtype
+        Tm = Tm.to(dt)
+        store_rows(Tinv + buf * BT, Tm, row0, Tn, BT, BT, BT)  # kept for the backward
+        w = tl.dot(Tm, (kk * (bb * tl.exp(G))[:, None]).to(dt))
+        u0 = tl.dot(Tm, (vv * bb[:, None]).to(dt))
+        store_rows(W + buf * K, w, row0, Tn, K, BT, K)
+        store_rows(U + buf * V, u0, row0, Tn, V, BT, V)
+
+
+@triton.jit
+def sub_chunk(k_ptr, v_ptr, g_ptr, b_ptr, skt, svt, sgt, sbt, gg, i: tl.constexpr, row0, Tn, K: tl.constexpr,
+              V: tl.constexpr, BT: tl.constexpr):  # fmt: skip
+    """Rows ``16 i .. 16 i + 15`` of the chunk: ``k``, ``v`` (stored dtype), ``beta`` and ``G`` (float32).
+    ``G`` continues the chunk's prefix sum ``gg`` (the whole chunk's ``g``, in registers) from the rows
+    before this block."""
+    r0 = row0 + i * SUB
+    before = tl.sum(tl.where(tl.arange(0, BT) < i * SUB, gg, 0.0), axis=0)
+    G_i = before + chunk_cumsum(load_vec(g_ptr, r0, Tn, sgt, SUB), SUB)
+    b_i = load_vec(b_ptr, r0, Tn, sbt, SUB)
+    return load_rows_raw(k_ptr, r0, Tn, skt, SUB, K), load_rows_raw(v_ptr, r0, Tn, svt, SUB, V), b_i, G_i
+
+
+@triton.jit
+def wy_factors_by_blocks(k_ptr, v_ptr, g_ptr, b_ptr, skt, svt, sgt, sbt, gg, Tinv, W, U, row0, Tn,
+                         K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr):  # fmt: skip
+    """``T = (I + A)^-1``, ``W`` and ``U0`` of one 64-step chunk from its four 16-step sub-chunks.
+
+    Forward substitution over 64 rows is a chain of 63 dependent steps on a 64 x 64 tile; by blocks it is
+    four independent 16 x 16 forward substitutions (the diagonal blocks ``X_ii = (I + A_ii)^-1``) and
+    block forward substitution for the rest, ``X_ij = -X_ii sum_{j <= m < i} A_im X_mj``, in float32
+    products. Each block is a sum of products of ``A`` blocks and final blocks of the inverse, as in
+    the unblocked elimination, so the same stability argument holds (``unit_lower_inverse``). The
+    products with ``T`` run on operands rounded to the input dtype, as in the unblocked path."""
+    k0, v0, b0, G0 = sub_chunk(k_ptr, v_ptr, g_ptr, b_ptr, skt, svt, sgt, sbt, gg, 0, row0, Tn, K, V, BT)
+    k1, v1, b1, G1 = sub_chunk(k_ptr, v_ptr, g_ptr, b_ptr, skt, svt, sgt, sbt, gg, 1, row0, Tn, K, V, BT)
+    k2, v2, b2, G2 = sub_chunk(k_ptr, v_ptr, g_ptr, b_ptr, skt, svt, sgt, sbt, gg, 2, row0, Tn, K, V, BT)
+    k3, v3, b3, G3 = sub_chunk(k_ptr, v_ptr, g_ptr, b_ptr, skt, svt, sgt, sbt, gg, 3, row0, Tn, K, V, BT)
+    X00 = diagonal_block_inverse(k0, b0, G0, SUB)
+    X11 = diagonal_block_inverse(k1, b1, G1, SUB)
+    X22 = diagonal_block_inverse(k2, b2, G2, SUB)
+    X33 = diagonal_block_inverse(k3, b3, G3, SUB)
+    A10 = strict_lower_block(k1, b1, G1, k0, G0)
+    A20 = strict_lower_block(k2, b2, G2, k0, G0)
+    A21 = strict_lower_block(k2, b2, G2, k1, G1)
+    A30 = strict_lower_block(k3, b3, G3, k0, G0)
+    A31 = strict_lower_block(k3, b3, G3, k1, G1)
+    A32 = strict_lower_block(k3, b3, G3, k2, G2)
+    X10 = -mm_fp32(X11, mm_fp32(A10, X00))
+    X21 = -mm_fp32(X22, mm_fp32(A21, X11))
+    X20 = -mm_fp32(X22, mm_fp32(A20, X00) + mm_fp32(A21, X10))
+    X32 = -mm_fp32(X33, mm_fp32(A32, X22))
+    X31 = -mm_fp32(X33, mm_fp32(A31, X11) + mm_fp32(A32, X21))
+    X30 = -mm_fp32(X33, mm_fp32(A30, X00) + mm_fp32(A31, X10) + mm_fp32(A32, X20))
+    dt = k0.dtype
+    X00, X10, X11, X20, X21, X22 = X00.to(dt), X10.to(dt), X11.to(dt), X20.to(dt), X21.to(dt), X22.to(dt)
+    X30, X31, X32, X33 = X30.to(dt), X31.to(dt), X32.to(dt), X33.to(dt)
+    # T is kept for the backward as one [64, 64] tile per chunk, its upper blocks zero.
+    zero = tl.zeros([SUB, SUB], dtype=dt)
+    store_block_row(Tinv, X00, zero, zero, zero, row0, Tn, 0, BT)
+    store_block_row(Tinv, X10, X11, zero, zero, row0, Tn, 1, BT)
+    store_block_row(Tinv, X20, X21, X22, zero, row0, Tn, 2, BT)
+    store_block_row(Tinv, X30, X31, X32, X33, row0, Tn, 3, BT)
+    kb0, kb1 = (k0 * (b0 * tl.exp(G0))[:, None]).to(dt), (k1 * (b1 * tl.exp(G1))[:, None]).to(dt)
+    kb2, kb3 = (k2 * (b2 * tl.exp(G2))[:, None]).to(dt), (k3 * (b3 * tl.exp(G3))[:, None]).to(dt)
+    vb0, vb1 = (v0 * b0[:, None]).to(dt), (v1 * b1[:, None]).to(dt)
+    vb2, vb3 = (v2 * b2[:, None]).to(dt), (v3 * b3[:, None]).to(dt)
+    store_rows(W + 0 * SUB * K, tl.dot(X00, kb0), row0, Tn, K, SUB, K)
+    store_rows(W + 1 * SUB * K, tl.dot(X10, kb0) + tl.dot(X11, kb1), row0, Tn - SUB, K, SUB, K)
+    store_rows(W + 2 * SUB * K, tl.dot(X20, kb0) + tl.dot(X21, kb1) + tl.dot(X22, kb2), row0, Tn - 2 * SUB, K, SUB, K)
+    w3 = tl.dot(X30, kb0) + tl.dot(X31, kb1) + tl.dot(X32, kb2) + tl.dot(X33, kb3)
+    store_rows(W + 3 * SUB * K, w3, row0, Tn - 3 * SUB, K, SUB, K)
+    store_rows(U + 0 * SUB * V, tl.dot(X00, vb0), row0, Tn, V, SUB, V)
+    store_rows(U + 1 * SUB * V, tl.dot(X10, vb0) + tl.dot(X11, vb1), row0, Tn - SUB, V, SUB, V)
+    store_rows(U + 2 * SUB * V, tl.dot(X20, vb0) + tl.dot(X21, vb1) + tl.dot(X22, vb2), row0, Tn - 2 * SUB, V, SUB, V)
+    u3 = tl.dot(X30, vb0) + tl.dot(X31, vb1) + tl.dot(X32, vb2) + tl.dot(X33, vb3)
+    store_rows(U + 3 * SUB * V, u3, row0, Tn - 3 * SUB, V, SUB, V)
+
+
+@triton.jit
+def store_block_row(Tinv, X0, X1, X2, X3, row0, Tn, i: tl.constexpr, BT: tl.constexpr):
+    """Rows ``16 i ..`` of the chunk's ``[64, 64]`` tile of ``T``: four ``[16, 16]`` blocks side by side."""
+    base = Tinv + i * SUB * BT
+    n = Tn - i * SUB
+    store_rows(base + 0 * SUB, X0, row0, n, BT, SUB, SUB)
+    store_rows(base + 1 * SUB, X1, row0, n, BT, SUB, SUB)
+    store_rows(base + 2 * SUB, X2, row0, n, BT, SUB, SUB)
+    store_rows(base + 3 * SUB, X3, row0, n, BT, SUB, SUB)
 
 
 @triton.jit

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hydrahead_lit.modeling.fused_inputs import concat_linear, fa_qk_rows
+from hydrahead_lit.modeling.fused_inputs import fa_qk_rows, project_split
 from hydrahead_lit.modeling.fusion import ScaleNormFusion
 from hydrahead_lit.modeling.linear_heads import GatedDeltaNetHeads, HeadRMSNorm, LAConfig
 from hydrahead_lit.modeling.probe import AttentionProbe
@@ -122,20 +122,20 @@ class HybridAttention(nn.Module):
 
     def _project(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """The layer's whole input projection as ONE GEMM: FA q/k/v and the LA heads' q/k/v, decay, beta
-        (and output gate) weights concatenated (`concat_linear`), split once into views. Returns the FA pieces
+        (and output gate) weights concatenated (`project_split`), split once into views. Returns the FA pieces
         (q|k, v; none without FA heads) and the LA pieces (`GatedDeltaNetHeads.input_splits`; none without LA
         heads). Instead of 6 to 9 GEMMs (decay and beta only one output per head wide): one launch, one wide GEMM, and
         in the backward one input-gradient GEMM instead of 6 to 9 and their sum."""
         splits = self._fa_splits() if self.num_fa_heads else []
         if self.la is not None:
             splits += self.la.input_splits()
-        pieces = list(concat_linear(x, self.input_linears).split(splits, dim=-1))
+        pieces = project_split(x, self.input_linears, splits)
         n_fa = 2 if self.num_fa_heads else 0
         return pieces[:n_fa], pieces[n_fa:]
 
     def _fa_pieces(self, x: Tensor) -> list[Tensor]:
         """The FA pieces alone (twin mode, where the LA twins project a detached input of their own)."""
-        return list(concat_linear(x, [self.q_proj, self.k_proj, self.v_proj]).split(self._fa_splits(), dim=-1))
+        return project_split(x, [self.q_proj, self.k_proj, self.v_proj], self._fa_splits())
 
     def _fa_qkv(self, pieces: list[Tensor], cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """FA queries, keys (normed as the teacher does, rotated) and values, [B, T, heads, D], each dense."""

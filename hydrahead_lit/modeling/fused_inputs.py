@@ -14,7 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["apply_rope", "concat_linear", "fa_qk_rows", "la_qk_rows", "per_head_weight", "rms_norm", "stats_dtype"]
+__all__ = [
+    "apply_rope",
+    "concat_linear",
+    "fa_qk_rows",
+    "la_qk_rows",
+    "per_head_weight",
+    "project_split",
+    "rms_norm",
+    "stats_dtype",
+]
 
 # F.normalize's default: a row whose norm is below it is divided by it instead (an all-zero row stays zero).
 _L2_EPS = 1e-12
@@ -45,9 +54,18 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + _rotate_half(x) * sin
 
 
-def concat_linear(x: Tensor, linears: Sequence[nn.Linear]) -> Tensor:
+# Output width of a fused projection is rounded up to this many columns. A width that is not a multiple of
+# 8 (2 FA heads + 14 LA heads of 128 plus 14 decay and 14 beta logits: 5,916 at Qwen3-1.7B) sends cuBLAS
+# to its 2-element-aligned GEMMs (`..._align2` in the 2026-12-02 profile of docs/benchmarks.md), for the
+# forward and both backward GEMMs.
+PROJECTION_ALIGN = 64
+
+
+def concat_linear(x: Tensor, linears: Sequence[nn.Linear], align: int = 1) -> Tensor:
     """`torch.cat([lin(x) for lin in linears], -1)` as ONE `F.linear` over the weights concatenated along the
     output dimension (biases likewise, zeros where a linear has none; no bias at all when none has one).
+    With `align` > 1 the output has zero columns appended up to a multiple of `align` (see
+    `PROJECTION_ALIGN`); the caller drops them (`project_split`).
 
     The concatenation happens in every call, so autograd reaches the original parameters (state dicts,
     sharding and checkpoints keep their names and shapes), at the price of one copy of the weights per call,
@@ -55,7 +73,12 @@ def concat_linear(x: Tensor, linears: Sequence[nn.Linear]) -> Tensor:
     it saves: one GEMM of the summed width instead of one per linear (some as narrow as one output per head),
     so one launch and far better occupancy, in the backward one input-gradient GEMM instead of one per linear
     plus the sum of their results."""
-    weight = torch.cat([lin.weight for lin in linears])
+    width = sum(lin.out_features for lin in linears)
+    pad = -width % align
+    weights = [lin.weight for lin in linears]
+    if pad:
+        weights.append(linears[0].weight.new_zeros(pad, linears[0].in_features))
+    weight = torch.cat(weights)
     if all(lin.bias is None for lin in linears):
         return F.linear(x, weight)
     parts, missing = [], 0  # consecutive linears without bias share one block of zeros
@@ -67,9 +90,22 @@ def concat_linear(x: Tensor, linears: Sequence[nn.Linear]) -> Tensor:
             parts.append(lin.bias.new_zeros(missing))
             missing = 0
         parts.append(lin.bias)
-    if missing:
-        parts.append(weight.new_zeros(missing))
+    if missing + pad:
+        parts.append(weight.new_zeros(missing + pad))
     return F.linear(x, weight, torch.cat(parts))
+
+
+def project_split(x: Tensor, linears: Sequence[nn.Linear], splits: Sequence[int]) -> list[Tensor]:
+    """The outputs of `linears` on `x` as views of one aligned projection (`concat_linear` with
+    `PROJECTION_ALIGN`), split into pieces of the widths `splits` (which must add up to the linears' widths).
+    The pieces' rows have the aligned stride, so GEMM and kernels read them at full vector width."""
+    width = sum(lin.out_features for lin in linears)
+    if sum(splits) != width:
+        raise ValueError(f"splits {list(splits)} add up to {sum(splits)}, not the linears' {width} outputs")
+    y = concat_linear(x, linears, align=PROJECTION_ALIGN)
+    pad = y.shape[-1] - width
+    pieces = y.split([*splits, pad] if pad else list(splits), dim=-1)
+    return list(pieces[: len(splits)])
 
 
 def per_head_weight(q_weight: Tensor, k_weight: Tensor, num_q: int, num_k: int) -> Tensor:

@@ -16,7 +16,7 @@ state and gates). New parameters and their initial values:
 q and k are L2-normalised after the teacher's q/k norms and RoPE (when `use_rope`), which keeps the
 delta-rule transition contractive; the fusion module restores the teacher's output scale.
 
-The projections run as one GEMM over their concatenated weights (`fused_inputs.concat_linear`; the layer
+The projections run as one GEMM over their concatenated weights (`fused_inputs.project_split`; the layer
 adds its FA heads' q/k/v to it), and the rows of q and k are prepared as one tensor (`la_qk_rows`).
 """
 
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hydrahead_lit.modeling.fused_inputs import apply_rope, concat_linear, la_qk_rows, rms_norm, stats_dtype
+from hydrahead_lit.modeling.fused_inputs import apply_rope, la_qk_rows, project_split, rms_norm, stats_dtype
 from hydrahead_lit.ops.la_backend import gated_delta_rule
 from hydrahead_lit.ops.short_conv import causal_short_conv
 
@@ -144,8 +144,8 @@ class GatedDeltaNetHeads(nn.Module):
         return qkv + [H, H] + ([W] if self.g_proj is not None else [])
 
     def project(self, x: Tensor) -> list[Tensor]:
-        """x [B, T, hidden] -> the pieces of `input_splits` (views of one `concat_linear` output)."""
-        return list(concat_linear(x, self.input_linears).split(self.input_splits(), dim=-1))
+        """x [B, T, hidden] -> the pieces of `input_splits` (views of one aligned projection)."""
+        return project_split(x, self.input_linears, self.input_splits())
 
     def rule_inputs(
         self,

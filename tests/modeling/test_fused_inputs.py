@@ -24,7 +24,7 @@ from torch import Tensor
 import hydrahead_lit as hh
 from hydrahead_lit.modeling.arch import decoder_layers
 from hydrahead_lit.modeling.attention import HybridAttention, _attention_function
-from hydrahead_lit.modeling.fused_inputs import concat_linear, la_qk_rows
+from hydrahead_lit.modeling.fused_inputs import PROJECTION_ALIGN, concat_linear, la_qk_rows, project_split
 from hydrahead_lit.modeling.probe import AttentionProbe
 from hydrahead_lit.ops.la_backend import gated_delta_rule
 from hydrahead_lit.ops.short_conv import causal_short_conv
@@ -283,6 +283,32 @@ def test_concat_linear_equals_separate_linears():
     ]
     for group in (lins, lins[:2], lins[2:]):
         _assert_close(concat_linear(x, group), torch.cat([lin(x) for lin in group], dim=-1), "projection")
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "bias"])
+def test_project_split_pads_to_the_alignment_and_drops_the_pad(bias):
+    """The fused projection's width (here 2 FA heads + 14 LA heads of 8, 14 decay and 14 beta logits: 156, as
+    at Qwen3-1.7B's 5,916, not a multiple of 8) is padded up to PROJECTION_ALIGN columns: the pieces are the
+    separate linears' outputs, every row has the aligned stride, and the gradients of input and parameters
+    are the separate linears' (float64, 1e-10: only the order of additions differs)."""
+    torch.manual_seed(0)
+    widths = [16 + 8, 8, 14 * 16, 14 * 8, 14, 14]  # FA q|k, v, LA q|k, v, a, b
+    lins = [torch.nn.Linear(32, n, bias=bias and i != 3, dtype=torch.float64) for i, n in enumerate(widths)]
+    x = torch.randn(2, 5, 32, dtype=torch.float64, requires_grad=True)
+    pieces = project_split(x, lins, widths)
+    assert [p.shape[-1] for p in pieces] == widths
+    assert pieces[0].stride(1) % PROJECTION_ALIGN == 0 and pieces[0].stride(1) > sum(widths)
+    refs = [lin(x) for lin in lins]
+    params = [x] + [p for lin in lins for p in lin.parameters()]
+    douts = [torch.randn_like(r) for r in refs]
+    grads = torch.autograd.grad(pieces, params, douts)
+    ref_grads = torch.autograd.grad(refs, params, douts)
+    for i, (a, r) in enumerate(zip(pieces, refs, strict=True)):
+        _assert_close(a, r, f"piece {i}")
+    for i, (a, r) in enumerate(zip(grads, ref_grads, strict=True)):
+        _assert_close(a, r, f"gradient {i}")
+    with pytest.raises(ValueError, match="add up to"):
+        project_split(x, lins, widths[:-1])
 
 
 def test_la_rows_equal_norm_rope_l2_per_tensor():
