@@ -8,7 +8,9 @@ scatter or concatenation):
   ``la_weight * o / rms(o)`` in its epilogue, storing straight into the LA slice of the output.
 * FA heads: SDPA (FlashAttention / cuDNN on Hopper) over transposed views, times ``fa_gain``, stored
   into the FA slice. On CUDA it runs while the LA kernels run on a side stream; the two parts only
-  meet in the output buffer.
+  meet in the output buffer. The backward runs SDPA's forward again (on the FA heads alone) and then its
+  backward: everything the op keeps goes through ``save_for_backward``, so activation checkpointing
+  sees it.
 
 Definition: :mod:`hydrahead_lit.ops.hybrid_attention`; argument checks: ``checks.py``.
 """
@@ -90,23 +92,23 @@ class _HybridAttention(torch.autograd.Function):
                     q_la, k_la, v_la, g, beta, la_scale, out=out[:, :, Hfa:], norm_weight=la_weight, eps=eps
                 )
             saved_la = [saved.Gc, saved.Tinv, saved.W, saved.U, saved.hs, o_raw, rstd]
-        ctx.fa_graph = None
         if Hfa:
-            # SDPA's own backward is reused: build its graph on detached leaves and keep it on ctx.
-            leaves = [x.detach().requires_grad_(x.requires_grad) for x in (q_fa, k_fa, v_fa)]
-            with torch.enable_grad():
-                attn = _sdpa(*leaves, fa_scale)
-            torch.mul(attn.detach(), fa_gain.to(dtype)[:, None], out=out[:, :, :Hfa])
-            ctx.fa_graph = (leaves, attn)
+            # No autograd graph here: a graph kept on ctx holds SDPA's saved tensors outside
+            # save_for_backward, where activation checkpointing cannot see them, and its backward then
+            # recomputed the whole block a second time. The backward recomputes SDPA's forward instead.
+            with torch.no_grad():
+                attn = _sdpa(q_fa, k_fa, v_fa, fa_scale)
+            torch.mul(attn, fa_gain.to(dtype)[:, None], out=out[:, :, :Hfa])
+            del attn
         stream.join()
-        ctx.save_for_backward(q_la, k_la, v_la, g, beta, fa_gain, la_weight, *saved_la)
+        ctx.save_for_backward(q_fa, k_fa, v_fa, q_la, k_la, v_la, g, beta, fa_gain, la_weight, *saved_la)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         Hfa, Hla = ctx.dims
         dout = dout if dout.stride(-1) == 1 else dout.contiguous()  # the kernels need unit last stride
-        q_la, k_la, v_la, g, beta, fa_gain, la_weight, *saved_la = ctx.saved_tensors
+        q_fa, k_fa, v_fa, q_la, k_la, v_la, g, beta, fa_gain, la_weight, *saved_la = ctx.saved_tensors
         grads: list[Tensor | None] = [None] * 14
         stream = _Overlap(dout.device, ctx.overlap and Hfa > 0 and Hla > 0)
         if Hla:
@@ -120,14 +122,15 @@ class _HybridAttention(torch.autograd.Function):
             grads[3:8] = [dq, dk, dv, dg, dbeta]
             grads[9] = d_weight
         if Hfa:
-            (leaves, attn) = ctx.fa_graph
+            leaves = [x.detach().requires_grad_(need) for x, need in zip((q_fa, k_fa, v_fa), ctx.needs_input_grad)]
+            with torch.enable_grad():  # SDPA's forward again, for its own backward
+                attn = _sdpa(*leaves, ctx.fa_scale)
             dy_fa = dout[:, :, :Hfa]
             grads[8] = (dy_fa.float() * attn.detach().float()).sum((0, 1, 3)).to(fa_gain.dtype)
             d_attn = dy_fa * fa_gain.to(dy_fa.dtype)[:, None]
             wanted = [x for x in leaves if x.requires_grad]
             got = iter(torch.autograd.grad(attn, wanted, d_attn) if wanted else [])
             grads[0:3] = [next(got) if x.requires_grad else None for x in leaves]
-            ctx.fa_graph = None
         stream.join()
         return tuple(grads)
 

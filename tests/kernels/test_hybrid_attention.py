@@ -85,3 +85,30 @@ def test_hybrid_attention_dispatch_and_errors():
     bad[9] = torch.randn(2, 8)
     with pytest.raises(ValueError, match="la_weight"):
         hybrid_attention_ref(*bad)
+
+
+@pytest.mark.parametrize(("Hfa", "Hla"), [(2, 2), (0, 2)], ids=["hybrid", "all-la"])
+def test_checkpointed_op_runs_its_forward_twice_and_matches(monkeypatch, Hfa, Hla):
+    """Under non-reentrant activation checkpointing the op's LA forward runs twice per step (the forward and
+    the recompute), not three times: the op keeps nothing outside `save_for_backward` (an SDPA graph held
+    on ctx once made the backward recompute the block again). Gradients equal the uncheckpointed op's."""
+    from torch.utils.checkpoint import checkpoint
+
+    import hydrahead_lit.kernels.hybrid_attention as op_module
+
+    calls = []
+    forward = op_module.gdn_forward
+    monkeypatch.setattr(op_module, "gdn_forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    xs = _inputs(1, 40, Hfa, max(Hfa // 2, 0), Hla, 16)
+    x = torch.randn(1, 40, Hfa + Hla, 16, requires_grad=True)
+
+    def block(x):  # something before the op, so the recompute has a graph to rebuild
+        return (hybrid_attention_triton(xs[0] * x[:, :, :Hfa], *xs[1:]) * x).sum()
+
+    leaves = [x] + [t for t in xs if t.numel()]
+    plain = torch.autograd.grad(block(x), leaves)
+    calls.clear()
+    checkpointed = torch.autograd.grad(checkpoint(block, x, use_reentrant=False), leaves)
+    assert len(calls) == 2
+    for a, b in zip(checkpointed, plain, strict=True):
+        assert _rel(a, b) < 1e-6
