@@ -34,7 +34,7 @@ from .gdn_common import (
     wy_matrices,
 )
 
-SUB: tl.constexpr = 16  # sub-chunk of the blocked inverse
+SUB = tl.constexpr(16)  # sub-chunk of the blocked inverse
 
 
 @triton.jit
