@@ -51,7 +51,7 @@ def test_fsdp2_fit_save_resume_export(teacher_dir, twin_dir, tmp_path) -> None:
     assert ckpt.is_dir() and (ckpt / ".metadata").is_file()  # a DCP (sharded) checkpoint directory
     assert len(list(ckpt.glob("*.distcp"))) == 2
     first = json.loads((out / "result_2.json").read_text())
-    assert first == {"global_step": 2, "dtensor": True}
+    assert {k: first[k] for k in ("global_step", "dtensor")} == {"global_step": 2, "dtensor": True}
     exported_2 = hh.load_student(out / "student").state_dict()
 
     # Resume from a copy: the resumed run saves its step-4 checkpoint over last.ckpt, and a retry must start at step 2.
@@ -68,3 +68,19 @@ def test_fsdp2_fit_save_resume_export(teacher_dir, twin_dir, tmp_path) -> None:
     # The export is a working model: the teacher's tokenizer-free tiny vocabulary, greedy decoding.
     out_ids = student.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False)
     assert out_ids.shape == (1, 6)
+
+
+def test_fsdp2_fit_with_compiled_blocks(teacher_dir, twin_dir, tmp_path) -> None:
+    """`compile_blocks` under FSDP2 (checkpointing, then compile, then `fully_shard` per block, as torchtitan
+    orders them): two steps train with compiled graphs, the parameters stay sharded, and the loss after them
+    equals the eager run's within 1e-4 relative (float32 on CPU; measured 3e-6: the compiled kernels reorder
+    additions)."""
+    runs = {}
+    for mode, extra in (("eager", ()), ("compiled", ("--compile-blocks",))):
+        out = tmp_path / mode
+        _run(str(teacher_dir), str(twin_dir), str(out), "2", *extra)
+        runs[mode] = json.loads((out / "result_2.json").read_text())
+    assert runs["compiled"]["global_step"] == 2 and runs["compiled"]["dtensor"]
+    assert runs["compiled"]["compiled_graphs"] > 0 and runs["eager"]["compiled_graphs"] == 0
+    eager, compiled = runs["eager"]["loss"], runs["compiled"]["loss"]
+    assert abs(compiled - eager) <= 1e-4 * abs(eager), runs
