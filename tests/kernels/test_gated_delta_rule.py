@@ -36,8 +36,9 @@ def _inputs(B: int, T: int, H: int, K: int, V: int, with_h0: bool):
         (2, 37, 2, 16, 64, 16, True),  # T not a multiple of the chunk, several chunks and V blocks, h0
         (1, 32, 1, 32, 16, 16, False),  # T a multiple of the chunk, K > V
         (1, 20, 2, 16, 16, 64, True),  # a single partial chunk at the production chunk size
+        (2, 150, 2, 16, 32, 64, True),  # blocked inverse: two full chunks, a tail ending in sub-chunk 1
     ],
-    ids=["tail-h0", "exact", "one-partial-chunk"],
+    ids=["tail-h0", "exact", "one-partial-chunk", "blocked-tail"],
 )
 def test_triton_gated_delta_rule_matches_reference(B, T, H, K, V, chunk, with_h0):
     q, k, v, g, beta, h0 = _inputs(B, T, H, K, V, with_h0)
@@ -99,15 +100,20 @@ def test_triton_la_backend_registered_by_ops_and_expands_gqa():
         assert _rel(a, b) < RTOL, name
 
 
-def test_triton_gated_delta_rule_packed_sequences():
-    """cu_seqlens: each packed document runs from its own initial state, as if run alone."""
-    lengths = [20, 37, 0, 9]  # chunk tails, a multi-chunk document, an empty one
+@pytest.mark.parametrize(
+    ("chunk", "lengths"),
+    [(16, [20, 37, 0, 9]), (64, [20, 150, 0, 70])],  # chunk tails, a multi-chunk document, an empty one
+    ids=["C16", "C64-blocked"],
+)
+def test_triton_gated_delta_rule_packed_sequences(chunk, lengths):
+    """cu_seqlens: each packed document runs from its own initial state, as if run alone; at chunk 64 the
+    blocked inverse sees documents that end inside a 16-step sub-chunk and inside a chunk's later half."""
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
     T, H, K, V = sum(lengths), 2, 16, 32
     q, k, v, g, beta, _ = _inputs(1, T, H, K, V, False)
     h0 = torch.randn(len(lengths), H, K, V, requires_grad=True)
     o, ht = chunk_gated_delta_rule_triton(
-        q, k, v, g, beta, initial_state=h0, output_final_state=True, chunk_size=16, cu_seqlens=cu
+        q, k, v, g, beta, initial_state=h0, output_final_state=True, chunk_size=chunk, cu_seqlens=cu
     )
     outs, states = [], []
     for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
