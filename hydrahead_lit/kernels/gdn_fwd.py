@@ -86,7 +86,8 @@ def sub_chunk(k_ptr, v_ptr, g_ptr, b_ptr, skt, svt, sgt, sbt, gg, i: tl.constexp
               V: tl.constexpr, BT: tl.constexpr):  # fmt: skip
     """Rows ``16 i .. 16 i + 15`` of the chunk: ``k``, ``v`` (stored dtype), ``beta`` and ``G`` (float32).
     ``G`` continues the chunk's prefix sum ``gg`` (the whole chunk's ``g``, in registers) from the rows
-    before this block."""
+    before this block. Summed in another order than the stored ``Gc`` that the other kernels read, it can
+    differ from it by a few float32 ulps: far below the bf16 rounding of the factors it enters."""
     r0 = row0 + i * SUB
     before = tl.sum(tl.where(tl.arange(0, BT) < i * SUB, gg, 0.0), axis=0)
     G_i = before + chunk_cumsum(load_vec(g_ptr, r0, Tn, sgt, SUB), SUB)

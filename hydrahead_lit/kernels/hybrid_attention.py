@@ -92,6 +92,10 @@ class _HybridAttention(torch.autograd.Function):
                     q_la, k_la, v_la, g, beta, la_scale, out=out[:, :, Hfa:], norm_weight=la_weight, eps=eps
                 )
             saved_la = [saved.Gc, saved.Tinv, saved.W, saved.U, saved.hs, o_raw, rstd]
+        # The backward reruns SDPA under the autocast state of this forward (a trainer calls backward outside
+        # its autocast region): the same bf16 function as here, on inputs of mixed dtypes as autocast sees them.
+        dev = q_fa.device.type
+        ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
         if Hfa:
             # No autograd graph here: a graph kept on ctx holds SDPA's saved tensors outside
             # save_for_backward, where activation checkpointing cannot see them, and its backward then
@@ -121,10 +125,11 @@ class _HybridAttention(torch.autograd.Function):
                 )  # fmt: skip
             grads[3:8] = [dq, dk, dv, dg, dbeta]
             grads[9] = d_weight
-        if Hfa:
+        if Hfa and any(ctx.needs_input_grad[i] for i in (0, 1, 2, 8)):
             leaves = [x.detach().requires_grad_(need) for x, need in zip((q_fa, k_fa, v_fa), ctx.needs_input_grad)]
-            with torch.enable_grad():  # SDPA's forward again, for its own backward
-                attn = _sdpa(*leaves, ctx.fa_scale)
+            dev, autocast, autocast_dtype = ctx.autocast
+            with torch.enable_grad(), torch.autocast(dev, dtype=autocast_dtype, enabled=autocast):
+                attn = _sdpa(*leaves, ctx.fa_scale)  # SDPA's forward again, for its own backward
             dy_fa = dout[:, :, :Hfa]
             grads[8] = (dy_fa.float() * attn.detach().float()).sum((0, 1, 3)).to(fa_gain.dtype)
             d_attn = dy_fa * fa_gain.to(dy_fa.dtype)[:, None]

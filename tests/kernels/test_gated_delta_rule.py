@@ -102,12 +102,12 @@ def test_triton_la_backend_registered_by_ops_and_expands_gqa():
 
 @pytest.mark.parametrize(
     ("chunk", "lengths"),
-    [(16, [20, 37, 0, 9]), (64, [20, 150, 0, 70])],  # chunk tails, a multi-chunk document, an empty one
+    [(16, [20, 37, 0, 9]), (64, [20, 150, 0, 45, 127, 1])],  # chunk tails, multi-chunk documents, an empty one
     ids=["C16", "C64-blocked"],
 )
 def test_triton_gated_delta_rule_packed_sequences(chunk, lengths):
     """cu_seqlens: each packed document runs from its own initial state, as if run alone; at chunk 64 the
-    blocked inverse sees documents that end inside a 16-step sub-chunk and inside a chunk's later half."""
+    blocked inverse sees documents ending in each of a chunk's four 16-step sub-chunks, and one of one step."""
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
     T, H, K, V = sum(lengths), 2, 16, 32
     q, k, v, g, beta, _ = _inputs(1, T, H, K, V, False)

@@ -99,7 +99,7 @@ def test_checkpointed_op_runs_its_forward_twice_and_matches(monkeypatch, Hfa, Hl
     calls = []
     forward = op_module.gdn_forward
     monkeypatch.setattr(op_module, "gdn_forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
-    xs = _inputs(1, 40, Hfa, max(Hfa // 2, 0), Hla, 16)
+    xs = _inputs(1, 40, Hfa, Hfa // 2, Hla, 16)
     x = torch.randn(1, 40, Hfa + Hla, 16, requires_grad=True)
 
     def block(x):  # something before the op, so the recompute has a graph to rebuild
@@ -112,3 +112,25 @@ def test_checkpointed_op_runs_its_forward_twice_and_matches(monkeypatch, Hfa, Hl
     assert len(calls) == 2
     for a, b in zip(checkpointed, plain, strict=True):
         assert _rel(a, b) < 1e-6
+
+
+def test_backward_reruns_sdpa_under_the_forward_autocast():
+    """Under bf16 autocast (stages 2 and 3 train with bf16-mixed) the FA queries and keys reach the op in
+    float32 (the q/k norm's float32 weight and RoPE's cos/sin promote them) and the values in bf16; the
+    backward, which a trainer calls outside autocast, reruns SDPA under the forward's autocast state. The FA
+    gradients then equal those of the reference under the same autocast (the same bf16 SDPA: measured
+    equal, 1e-6 allowed). The LA inputs are float32 (the interpreter's bf16 arithmetic is not a GPU's);
+    their gradients differ by the reference's own bf16 rounding (CPU autocast runs its matmuls in bf16:
+    up to 8e-3 measured, 2e-2 allowed)."""
+    torch.manual_seed(0)
+    xs = _inputs(1, 40, 2, 1, 2, 16)
+    xs[2] = xs[2].detach().to(torch.bfloat16).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = hybrid_attention_triton(*xs)
+        ref = hybrid_attention_ref(*xs)
+    dout = torch.randn(out.shape)
+    grads = torch.autograd.grad(out, xs, dout.to(out.dtype))
+    grads_ref = torch.autograd.grad(ref, xs, dout.to(ref.dtype))
+    for name, a, b in zip(NAMES, grads, grads_ref, strict=True):
+        assert torch.isfinite(a).all(), name
+        assert _rel(a, b) < (1e-6 if name in ("q_fa", "k_fa", "v_fa", "fa_gain") else 2e-2), name

@@ -287,10 +287,11 @@ def test_concat_linear_equals_separate_linears():
 
 @pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "bias"])
 def test_project_split_pads_to_the_alignment_and_drops_the_pad(bias):
-    """The fused projection's width (here 2 FA heads + 14 LA heads of 8, 14 decay and 14 beta logits: 156, as
-    at Qwen3-1.7B's 5,916, not a multiple of 8) is padded up to PROJECTION_ALIGN columns: the pieces are the
-    separate linears' outputs, every row has the aligned stride, and the gradients of input and parameters
-    are the separate linears' (float64, 1e-10: only the order of additions differs)."""
+    """The fused projection's width (here FA q|k and v of 8-wide heads, 14 LA heads' q|k and v, 14 decay and
+    14 beta logits: 396, like Qwen3-1.7B's 5,916 not a multiple of 8) is padded up to PROJECTION_ALIGN
+    columns: the pieces are the separate linears' outputs, every row has the aligned stride, and the
+    gradients of input and parameters are the separate linears' (float64, 1e-10: only the order of additions
+    differs)."""
     torch.manual_seed(0)
     widths = [16 + 8, 8, 14 * 16, 14 * 8, 14, 14]  # FA q|k, v, LA q|k, v, a, b
     lins = [torch.nn.Linear(32, n, bias=bias and i != 3, dtype=torch.float64) for i, n in enumerate(widths)]
