@@ -5,7 +5,8 @@ accepts can still fail to compile (a global that is not a `tl.constexpr`, an uns
 script catches that class of error where no GPU is at hand, in two steps, each its own process:
 
 - `record OUT.json`: run the hybrid op's forward and backward under the interpreter, in bf16, at the
-  model's head size (128) and the production chunk (64), and record every kernel launch: the kernel,
+  model's head size (128) and the production chunk (64), then the gated delta rule on packed documents
+  with initial and final states, and record every kernel launch: the kernel,
   its argument types and its constexpr and `num_warps` values (the launchers are told they are not
   interpreted, so they pass the `num_warps` a GPU gets; the recorder drops it before the interpreted
   call);
@@ -48,6 +49,7 @@ def record(out: Path) -> None:
     import torch
     import torch.nn.functional as F
 
+    from hydrahead_lit.kernels.gated_delta_rule import chunk_gated_delta_rule_triton
     from hydrahead_lit.kernels.hybrid_attention import hybrid_attention_triton
 
     launches: list[dict] = []
@@ -88,6 +90,12 @@ def record(out: Path) -> None:
     # the launches are wanted, so its floating-point warnings are silenced.
     with np.errstate(all="ignore"):
         hybrid_attention_triton(*xs).float().square().sum().backward()
+        # Packed documents (the IS_VARLEN variants), with an initial and a final state.
+        q, k, v, g, b = (x.detach().requires_grad_() for x in xs[3:8])
+        h0 = torch.zeros(2, Hla, D, D, requires_grad=True)
+        cu = torch.tensor([0, 30, T], dtype=torch.int32)
+        o, ht = chunk_gated_delta_rule_triton(q, k, v, g, b, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+        (o.float().square().sum() + ht.sum()).backward()
     out.write_text(json.dumps(launches, indent=1))
     print(f"recorded {len(launches)} launches of {len({(r['module'], r['name']) for r in launches})} kernels")
 
