@@ -128,7 +128,8 @@ class _HybridAttention(torch.autograd.Function):
         if Hfa and any(ctx.needs_input_grad[i] for i in (0, 1, 2, 8)):
             leaves = [x.detach().requires_grad_(need) for x, need in zip((q_fa, k_fa, v_fa), ctx.needs_input_grad)]
             dev, autocast, autocast_dtype = ctx.autocast
-            with torch.enable_grad(), torch.autocast(dev, dtype=autocast_dtype, enabled=autocast):
+            # No autocast cache: a backward called inside an autocast region would keep each layer's copies.
+            with torch.enable_grad(), torch.autocast(dev, dtype=autocast_dtype, enabled=autocast, cache_enabled=False):
                 attn = _sdpa(*leaves, ctx.fa_scale)  # SDPA's forward again, for its own backward
             dy_fa = dout[:, :, :Hfa]
             grads[8] = (dy_fa.float() * attn.detach().float()).sum((0, 1, 3)).to(fa_gain.dtype)

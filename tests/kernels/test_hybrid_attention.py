@@ -134,3 +134,23 @@ def test_backward_reruns_sdpa_under_the_forward_autocast():
     for name, a, b in zip(NAMES, grads, grads_ref, strict=True):
         assert torch.isfinite(a).all(), name
         assert _rel(a, b) < (1e-6 if name in ("q_fa", "k_fa", "v_fa", "fa_gain") else 2e-2), name
+
+
+def test_backward_without_fa_gradients_skips_sdpa_and_keeps_the_la_ones(monkeypatch):
+    """With no gradient wanted for the FA inputs and gain (frozen FA heads), the backward skips its SDPA rerun
+    (one SDPA call in all, the forward's) and the LA gradients equal the reference's (float32, RTOL)."""
+    import hydrahead_lit.kernels.hybrid_attention as op_module
+
+    calls = []
+    sdpa = op_module._sdpa
+    monkeypatch.setattr(op_module, "_sdpa", lambda *a: calls.append(1) or sdpa(*a))
+    xs = _inputs(1, 40, 2, 1, 2, 16)
+    for x in (*xs[:3], xs[8]):
+        x.requires_grad_(False)
+    la = [xs[i] for i in (3, 4, 5, 6, 7, 9)]
+    dout = torch.randn(1, 40, 4, 16)
+    grads = torch.autograd.grad(hybrid_attention_triton(*xs), la, dout)
+    assert len(calls) == 1
+    grads_ref = torch.autograd.grad(hybrid_attention_ref(*xs), la, dout)
+    for a, b in zip(grads, grads_ref, strict=True):
+        assert _rel(a, b) < RTOL

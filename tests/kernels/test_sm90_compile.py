@@ -1,4 +1,5 @@
-"""Every Triton kernel the hybrid op launches compiles for Hopper (sm_90), checked without a GPU.
+"""Every Triton kernel the hybrid op and the packed gated delta rule launch compiles for Hopper (sm_90), checked
+without a GPU.
 
 The interpreter tests run the kernels' Python; this runs Triton's compiler on the same launches
 (`sm90_compile.py`: recorded under the interpreter, compiled in a second process without it). It caught
