@@ -129,37 +129,42 @@ def wy_factors_by_blocks(k_ptr, v_ptr, g_ptr, b_ptr, skt, svt, sgt, sbt, gg, Tin
     dt = k0.dtype
     X00, X10, X11, X20, X21, X22 = X00.to(dt), X10.to(dt), X11.to(dt), X20.to(dt), X21.to(dt), X22.to(dt)
     X30, X31, X32, X33 = X30.to(dt), X31.to(dt), X32.to(dt), X33.to(dt)
-    # T is kept for the backward as one [64, 64] tile per chunk, its upper blocks zero.
-    zero = tl.zeros([SUB, SUB], dtype=dt)
-    store_block_row(Tinv, X00, zero, zero, zero, row0, Tn, 0, BT)
-    store_block_row(Tinv, X10, X11, zero, zero, row0, Tn, 1, BT)
-    store_block_row(Tinv, X20, X21, X22, zero, row0, Tn, 2, BT)
-    store_block_row(Tinv, X30, X31, X32, X33, row0, Tn, 3, BT)
     kb0, kb1 = (k0 * (b0 * tl.exp(G0))[:, None]).to(dt), (k1 * (b1 * tl.exp(G1))[:, None]).to(dt)
     kb2, kb3 = (k2 * (b2 * tl.exp(G2))[:, None]).to(dt), (k3 * (b3 * tl.exp(G3))[:, None]).to(dt)
     vb0, vb1 = (v0 * b0[:, None]).to(dt), (v1 * b1[:, None]).to(dt)
     vb2, vb3 = (v2 * b2[:, None]).to(dt), (v3 * b3[:, None]).to(dt)
-    store_rows(W + 0 * SUB * K, tl.dot(X00, kb0), row0, Tn, K, SUB, K)
-    store_rows(W + 1 * SUB * K, tl.dot(X10, kb0) + tl.dot(X11, kb1), row0, Tn - SUB, K, SUB, K)
-    store_rows(W + 2 * SUB * K, tl.dot(X20, kb0) + tl.dot(X21, kb1) + tl.dot(X22, kb2), row0, Tn - 2 * SUB, K, SUB, K)
-    w3 = tl.dot(X30, kb0) + tl.dot(X31, kb1) + tl.dot(X32, kb2) + tl.dot(X33, kb3)
-    store_rows(W + 3 * SUB * K, w3, row0, Tn - 3 * SUB, K, SUB, K)
-    store_rows(U + 0 * SUB * V, tl.dot(X00, vb0), row0, Tn, V, SUB, V)
-    store_rows(U + 1 * SUB * V, tl.dot(X10, vb0) + tl.dot(X11, vb1), row0, Tn - SUB, V, SUB, V)
-    store_rows(U + 2 * SUB * V, tl.dot(X20, vb0) + tl.dot(X21, vb1) + tl.dot(X22, vb2), row0, Tn - 2 * SUB, V, SUB, V)
-    u3 = tl.dot(X30, vb0) + tl.dot(X31, vb1) + tl.dot(X32, vb2) + tl.dot(X33, vb3)
-    store_rows(U + 3 * SUB * V, u3, row0, Tn - 3 * SUB, V, SUB, V)
+    zero = tl.zeros([SUB, SUB], dtype=dt)  # the blocks of T above the diagonal
+    store_sub_chunk_rows(
+        Tinv, W, U, X00, zero, zero, zero, kb0, kb1, kb2, kb3, vb0, vb1, vb2, vb3, row0, Tn, 0, K, V, BT
+    )
+    store_sub_chunk_rows(
+        Tinv, W, U, X10, X11, zero, zero, kb0, kb1, kb2, kb3, vb0, vb1, vb2, vb3, row0, Tn, 1, K, V, BT
+    )
+    store_sub_chunk_rows(Tinv, W, U, X20, X21, X22, zero, kb0, kb1, kb2, kb3, vb0, vb1, vb2, vb3, row0, Tn, 2, K, V, BT)
+    store_sub_chunk_rows(Tinv, W, U, X30, X31, X32, X33, kb0, kb1, kb2, kb3, vb0, vb1, vb2, vb3, row0, Tn, 3, K, V, BT)
 
 
 @triton.jit
-def store_block_row(Tinv, X0, X1, X2, X3, row0, Tn, i: tl.constexpr, BT: tl.constexpr):
-    """Rows ``16 i ..`` of the chunk's ``[64, 64]`` tile of ``T``: four ``[16, 16]`` blocks side by side."""
+def store_sub_chunk_rows(Tinv, W, U, X0, X1, X2, X3, kb0, kb1, kb2, kb3, vb0, vb1, vb2, vb3, row0, Tn,
+                         i: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr):  # fmt: skip
+    """Rows ``16 i ..`` of the chunk's ``T`` (its four ``[16, 16]`` blocks ``X_ij`` side by side, kept for the
+    backward as one ``[64, 64]`` tile per chunk), of ``W = sum_{j <= i} X_ij diag(beta e^G)_j K_j`` (``kb_j``)
+    and of ``U0 = sum_{j <= i} X_ij diag(beta)_j V_j`` (``vb_j``); the blocks right of the diagonal are zero."""
+    n = Tn - i * SUB  # the rows of this sub-chunk inside the sequence
     base = Tinv + i * SUB * BT
-    n = Tn - i * SUB
     store_rows(base + 0 * SUB, X0, row0, n, BT, SUB, SUB)
     store_rows(base + 1 * SUB, X1, row0, n, BT, SUB, SUB)
     store_rows(base + 2 * SUB, X2, row0, n, BT, SUB, SUB)
     store_rows(base + 3 * SUB, X3, row0, n, BT, SUB, SUB)
+    w, u = tl.dot(X0, kb0), tl.dot(X0, vb0)
+    if i >= 1:
+        w, u = w + tl.dot(X1, kb1), u + tl.dot(X1, vb1)
+    if i >= 2:
+        w, u = w + tl.dot(X2, kb2), u + tl.dot(X2, vb2)
+    if i >= 3:
+        w, u = w + tl.dot(X3, kb3), u + tl.dot(X3, vb3)
+    store_rows(W + i * SUB * K, w, row0, n, K, SUB, K)
+    store_rows(U + i * SUB * V, u, row0, n, V, SUB, V)
 
 
 @triton.jit
